@@ -1,0 +1,1 @@
+"""The ``meshca`` command line."""

@@ -1,0 +1,116 @@
+"""``meshca audit``: what was issued to whom, when, by which CA key, and what was refused.
+
+JSON output is a list of objects whose keys are the ledger's field names (see README);
+timestamps are UTC ISO 8601 with a ``Z``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from ca.cli.common import DURATION, TIME, CliState, format_option, pass_state
+from ca.cli.output import as_dicts, iso, render
+from ca.storage.ledger import LedgerQuery
+
+CERT_COLUMNS = ["serial", "spiffe_id", "issuer_key_id", "issued_at", "not_after", "requester"]
+DENIED_COLUMNS = ["denied_at", "reason", "spiffe_id", "requester", "message"]
+
+
+@click.group()
+def audit() -> None:
+    """Query and prune the issuance ledger."""
+
+
+def ledger_filters(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The filters ``audit certs`` and ``audit denied`` share."""
+    options = [
+        click.option("--spiffe-id", help="Exact SPIFFE ID."),
+        click.option("--namespace", help="Kubernetes namespace."),
+        click.option("--service-account", help="Kubernetes service account."),
+        click.option(
+            "--since", type=TIME, help="From this time (ISO 8601, or a duration ago: 2h)."
+        ),
+        click.option("--until", type=TIME, help="Before this time (ISO 8601, or a duration ago)."),
+        click.option("--limit", type=click.IntRange(1), default=100, show_default=True),
+        format_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@audit.command()
+@ledger_filters
+@click.option("--serial", help="Serial number in hex.")
+@click.option("--issuer", "issuer_key_id", help="Issuing CA key id.")
+@click.option("--active", is_flag=True, help="Only certificates valid now.")
+@click.option(
+    "--expiring-within", type=DURATION, help="Only valid certificates expiring within this."
+)
+@pass_state
+def certs(
+    state: CliState,
+    /,
+    fmt: str,
+    expiring_within: timedelta | None,
+    active: bool,
+    **filters: Any,
+) -> None:
+    """Issued certificates, newest first."""
+    now = datetime.now(UTC)
+    query = LedgerQuery(
+        **filters,
+        active_at=now if active or expiring_within is not None else None,
+        expiring_before=now + expiring_within if expiring_within is not None else None,
+    )
+    records = state.runtime().ledger.certs(query)
+    click.echo(render(as_dicts(records), fmt, CERT_COLUMNS), nl=False)
+
+
+@audit.command()
+@ledger_filters
+@pass_state
+def denied(state: CliState, /, fmt: str, **filters: Any) -> None:
+    """Refused requests and why, newest first."""
+    records = state.runtime().ledger.denied(LedgerQuery(**filters))
+    click.echo(render(as_dicts(records), fmt, DENIED_COLUMNS), nl=False)
+
+
+@audit.command()
+@click.argument("serial")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@pass_state
+def show(state: CliState, serial: str, fmt: str) -> None:
+    """Everything the ledger knows about one certificate."""
+    record = state.runtime().ledger.cert(serial)
+    if record is None:
+        raise click.ClickException(f"no certificate with serial {serial} in the ledger")
+    (row,) = as_dicts([record])
+    if fmt == "json":
+        click.echo(json.dumps(row, indent=2, sort_keys=True))
+        return
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+
+
+@audit.command()
+@click.option(
+    "--expired-before",
+    type=DURATION,
+    required=True,
+    help="Delete rows of certificates that expired at least this long ago (e.g. 30d).",
+)
+@pass_state
+def prune(state: CliState, expired_before: timedelta) -> None:
+    """Delete ledger rows of long-expired certificates."""
+    cutoff = datetime.now(UTC) - expired_before
+    deleted = state.runtime().ledger.prune(cutoff)
+    click.echo(f"deleted {deleted} certificate row(s) that expired before {iso(cutoff)}")

@@ -1,0 +1,133 @@
+"""The CA's issuing core: CSR policy, SVID signing and independent validation, with no I/O.
+
+The caller supplies the clock (``now``) and the signing authority; recording the result is the
+job of the service layer above, which returns a certificate only after its row is durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from spiffe import TrustDomain
+
+from ca.core.authority import SigningAuthority
+from ca.core.csr_policy import TtlPolicy, check_csr
+from ca.core.errors import ConfigurationError, MeshcaError
+from ca.core.identity import WorkloadIdentity
+from ca.core.keys import public_key_sha256
+from ca.core.records import DeniedRecord, IssuedRecord, ttl_seconds
+from ca.core.serials import random_serial, serial_hex
+from ca.core.svid_builder import build_svid
+from ca.core.svid_validator import validate_svid
+
+DEFAULT_BACKDATE = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuanceRequest:
+    """One request for an X.509-SVID by an authenticated ``caller``."""
+
+    csr: bytes
+    caller: WorkloadIdentity
+    requested_ttl: timedelta | None
+    requester: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSvid:
+    """A signed and validated SVID, the chain above it, and its ledger record."""
+
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    record: IssuedRecord
+
+    def chain_pem(self) -> list[str]:
+        """PEM certificates, leaf first, then intermediates, root last (Istio's ordering)."""
+        return [
+            c.public_bytes(serialization.Encoding.PEM).decode()
+            for c in (self.certificate, *self.chain)
+        ]
+
+
+def deny_record(request: IssuanceRequest, error: MeshcaError, now: datetime) -> DeniedRecord:
+    """The ledger row for ``request`` refused with ``error``."""
+    caller = request.caller
+    return DeniedRecord(
+        request_id=request.request_id,
+        reason=error.reason,
+        message=error.message,
+        error_type=type(error).__name__,
+        requester=request.requester,
+        spiffe_id=str(caller.spiffe_id),
+        namespace=caller.namespace,
+        service_account=caller.service_account,
+        pod_name=caller.pod_name,
+        pod_uid=caller.pod_uid,
+        requested_ttl_seconds=ttl_seconds(request.requested_ttl),
+        denied_at=now,
+    )
+
+
+class Issuer:
+    """Signs X.509-SVIDs for one trust domain with one signing authority."""
+
+    def __init__(
+        self,
+        trust_domain: TrustDomain,
+        signer: SigningAuthority,
+        ttl_policy: TtlPolicy,
+        *,
+        backdate: timedelta = DEFAULT_BACKDATE,
+    ) -> None:
+        signer.verify_chain()
+        self.trust_domain = trust_domain
+        self.signer = signer
+        self.ttl_policy = ttl_policy
+        self.backdate = backdate
+        self._signer_key_id = signer.key_id
+
+    def issue(self, request: IssuanceRequest, now: datetime) -> IssuedSvid:
+        """Check, sign and validate; raise a :class:`MeshcaError` subclass on refusal."""
+        request.caller.require_trust_domain(self.trust_domain)
+        validated = check_csr(request.csr, request.caller)
+        ttl = self.ttl_policy.resolve(request.requested_ttl)
+        signer = self.signer
+        if now >= signer.not_after:
+            raise ConfigurationError("ca_expired", "the signing CA certificate has expired")
+        not_before = max(now - self.backdate, signer.not_before)
+        not_after = min(now + ttl, signer.not_after)
+        serial = random_serial()
+        spiffe_id = validated.identity.spiffe_id
+        cert = build_svid(
+            signer,
+            validated.public_key,
+            spiffe_id,
+            serial=serial,
+            not_before=not_before,
+            not_after=not_after,
+        )
+        validate_svid(cert, signer.certificate, spiffe_id, now=now)
+        caller = request.caller
+        record = IssuedRecord(
+            serial=serial_hex(serial),
+            spiffe_id=str(spiffe_id),
+            namespace=caller.namespace,
+            service_account=caller.service_account,
+            pod_name=caller.pod_name,
+            pod_uid=caller.pod_uid,
+            issuer_key_id=self._signer_key_id,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            cert_sha256=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+            public_key_sha256=public_key_sha256(validated.public_key),
+            requested_ttl_seconds=ttl_seconds(request.requested_ttl),
+            requester=request.requester,
+            request_id=request.request_id,
+            issued_at=now,
+        )
+        return IssuedSvid(cert, signer.chain_for_leaf, record)

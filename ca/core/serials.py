@@ -1,0 +1,20 @@
+"""Certificate serial numbers: 128 bits from the operating system's CSPRNG."""
+
+from __future__ import annotations
+
+import secrets
+
+SERIAL_BITS = 128
+
+
+def random_serial() -> int:
+    """A positive serial with 128 random bits (RFC 5280 allows up to 20 octets)."""
+    while True:
+        serial = secrets.randbits(SERIAL_BITS)
+        if serial:
+            return serial
+
+
+def serial_hex(serial: int) -> str:
+    """The canonical text form of a serial: 32 lower-case hex digits."""
+    return format(serial, "032x")

@@ -1,0 +1,137 @@
+"""Process wiring: from one :class:`Settings` to the engine, stores, KEK and issuance service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from sqlalchemy import Engine
+
+from ca.cacerts import load_cacerts
+from ca.core.authority import SigningAuthority, build_intermediate, build_root
+from ca.core.csr_policy import TtlPolicy
+from ca.core.errors import ConfigurationError
+from ca.core.identity import parse_trust_domain
+from ca.core.issuer import Issuer
+from ca.core.kek import KeyEncryptionKey
+from ca.core.keys import KeyType, generate_private_key
+from ca.core.lifecycle import AuthorityRole
+from ca.issuance import IssuanceService, utc_now
+from ca.kek_file import create_kek, read_kek
+from ca.settings import Settings
+from ca.storage.authority_store import AuthorityStore, CaIdentity, NewAuthority
+from ca.storage.engine import make_engine
+from ca.storage.ledger import Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class InitOutcome:
+    """What ``ca init`` did."""
+
+    identity: CaIdentity
+    created: bool
+    kek_created: Path | None
+    signing_key_id: str
+
+
+class CaRuntime:
+    """The CA's parts for one process, built lazily from ``settings``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.db_url)
+
+    @cached_property
+    def authorities(self) -> AuthorityStore:
+        return AuthorityStore(self.engine)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.engine)
+
+    def kek(self) -> KeyEncryptionKey:
+        return read_kek(self.settings.kek_file)
+
+    def ttl_policy(self) -> TtlPolicy:
+        return TtlPolicy(default=self.settings.default_ttl, maximum=self.settings.max_ttl)
+
+    def issuance_service(self) -> IssuanceService:
+        """An issuance service signing with the active authority (decrypted with the KEK)."""
+        identity = self.authorities.require_identity()
+        signer = self.authorities.signing_authority(self.kek())
+        issuer = Issuer(
+            identity.trust_domain, signer, self.ttl_policy(), backdate=self.settings.backdate
+        )
+        return IssuanceService(issuer, self.ledger)
+
+    def initialise(self, *, from_dir: Path | None, exist_ok: bool, actor: str) -> InitOutcome:
+        """Create (or import) the CA unless this database already has one."""
+        existing = self.authorities.identity()
+        if existing is not None:
+            if not exist_ok:
+                raise ConfigurationError(
+                    "already_initialised",
+                    f"the CA for trust domain {existing.trust_domain.name} is already initialised "
+                    "in this database (use --exist-ok to accept that)",
+                )
+            signer = self.authorities.signing_authority(self.kek())
+            return InitOutcome(existing, False, None, signer.key_id)
+        trust_domain = parse_trust_domain(self.settings.trust_domain)
+        now = utc_now()
+        if from_dir is not None:
+            signer = load_cacerts(from_dir, now=now)
+            rows = _authorities_of(signer)
+        else:
+            root, signer = self._generate(trust_domain_name=trust_domain.name, now=now)
+            rows = _authorities_of(signer, root_key=root.private_key)
+        kek_path = self.settings.kek_file
+        kek_created = None
+        if kek_path.exists():
+            kek = read_kek(kek_path)
+        else:
+            kek = create_kek(kek_path)
+            kek_created = kek_path
+        self.authorities.initialise(trust_domain, kek, rows, actor=actor, now=now)
+        return InitOutcome(self.authorities.require_identity(), True, kek_created, signer.key_id)
+
+    def _generate(
+        self, *, trust_domain_name: str, now: datetime
+    ) -> tuple[SigningAuthority, SigningAuthority]:
+        trust_domain = parse_trust_domain(trust_domain_name)
+        key_type = KeyType(self.settings.key_type)
+        root = build_root(
+            trust_domain, generate_private_key(key_type), now=now, ttl=self.settings.root_ttl
+        )
+        intermediate = build_intermediate(
+            trust_domain,
+            generate_private_key(key_type),
+            root,
+            now=now,
+            ttl=self.settings.intermediate_ttl,
+        )
+        return root, intermediate
+
+
+def _authorities_of(
+    signer: SigningAuthority, root_key: CertificateIssuerPrivateKeyTypes | None = None
+) -> list[NewAuthority]:
+    """Rows for ``signer`` and every certificate above it; only the signer's key is held
+    (plus the root's, ``root_key``, when meshca generated the root itself)."""
+    if not signer.chain:
+        return [NewAuthority(AuthorityRole.ROOT, signer.certificate, (), signer.private_key)]
+    rows: list[NewAuthority] = []
+    path = signer.chain_for_leaf
+    for index in range(len(path) - 1, -1, -1):
+        cert = path[index]
+        above = path[index + 1 :]
+        role = AuthorityRole.ROOT if index == len(path) - 1 else AuthorityRole.INTERMEDIATE
+        key = signer.private_key if index == 0 else root_key if role is AuthorityRole.ROOT else None
+        parent = rows[-1].id if rows else None
+        rows.append(NewAuthority(role, cert, tuple(above), key, parent))
+    return rows

@@ -1,0 +1,1 @@
+"""Storage adapters: SQLAlchemy models, the issuance ledger and the CA authority store."""

@@ -1,0 +1,151 @@
+"""The issuance ledger: what was issued to whom, when, by which CA key, and what was refused."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, Select, and_, delete, func, insert, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ca.core.errors import Unavailable
+from ca.core.records import DeniedRecord, IssuedRecord
+from ca.storage.models import DeniedRequest, IssuedCert
+
+_ISSUED_FIELDS = [f.name for f in dataclasses.fields(IssuedRecord)]
+_DENIED_FIELDS = [f.name for f in dataclasses.fields(DeniedRecord)]
+
+
+@contextmanager
+def database_errors(action: str) -> Iterator[None]:
+    """Turn a database failure into :class:`Unavailable` (no SQL or parameters in the text)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        detail = type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__
+        raise Unavailable(
+            "database_unavailable", f"database error while {action}: {detail}"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerQuery:
+    """Filters shared by ``audit certs`` and ``audit denied``; ``None`` means no filter.
+
+    ``active_at`` keeps certificates valid at that instant; ``expiring_before`` keeps those
+    whose NotAfter is before it (combine with ``active_at`` for "expiring within").
+    """
+
+    spiffe_id: str | None = None
+    namespace: str | None = None
+    service_account: str | None = None
+    serial: str | None = None
+    issuer_key_id: str | None = None
+    active_at: datetime | None = None
+    expiring_before: datetime | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+class Ledger:
+    """Reads and writes the ledger tables through one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record(self, issued: Sequence[IssuedRecord], denied: Sequence[DeniedRecord] = ()) -> None:
+        """Write all rows in one transaction; when this returns they are durable."""
+        if not issued and not denied:
+            return
+        with database_errors("recording issuance"), self.engine.begin() as conn:
+            if issued:
+                conn.execute(insert(IssuedCert), [_row(r, _ISSUED_FIELDS) for r in issued])
+            if denied:
+                conn.execute(insert(DeniedRequest), [_row(r, _DENIED_FIELDS) for r in denied])
+
+    def certs(self, query: LedgerQuery) -> list[IssuedRecord]:
+        """Issued certificates matching ``query``, newest first."""
+        t = IssuedCert.__table__.c
+        conditions = _common_filters(
+            query, t.spiffe_id, t.namespace, t.service_account, t.issued_at
+        )
+        if query.serial is not None:
+            conditions.append(t.serial == query.serial.lower())
+        if query.issuer_key_id is not None:
+            conditions.append(t.issuer_key_id == query.issuer_key_id)
+        if query.active_at is not None:
+            conditions += [t.not_after > query.active_at, t.not_before <= query.active_at]
+        if query.expiring_before is not None:
+            conditions.append(t.not_after <= query.expiring_before)
+        stmt = select(*[t[name] for name in _ISSUED_FIELDS]).where(and_(*conditions))
+        stmt = stmt.order_by(t.issued_at.desc(), t.serial).limit(query.limit)
+        return [IssuedRecord(*row) for row in self._rows(stmt)]
+
+    def cert(self, serial: str) -> IssuedRecord | None:
+        """The certificate with ``serial`` (hex), if recorded."""
+        found = self.certs(LedgerQuery(serial=serial.lower().removeprefix("0x"), limit=1))
+        return found[0] if found else None
+
+    def denied(self, query: LedgerQuery) -> list[DeniedRecord]:
+        """Refused requests matching ``query`` (serial, issuer and validity filters do not
+        apply), newest first."""
+        t = DeniedRequest.__table__.c
+        conditions = _common_filters(
+            query, t.spiffe_id, t.namespace, t.service_account, t.denied_at
+        )
+        stmt = select(*[t[name] for name in _DENIED_FIELDS]).where(and_(*conditions))
+        stmt = stmt.order_by(t.denied_at.desc(), t.id.desc()).limit(query.limit)
+        return [DeniedRecord(*row) for row in self._rows(stmt)]
+
+    def count_issued(self) -> int:
+        with database_errors("counting certificates"), self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(IssuedCert)).scalar_one())
+
+    def active_counts_by_issuer(self, now: datetime) -> dict[str, int]:
+        """How many unexpired certificates each CA key has issued."""
+        t = IssuedCert.__table__.c
+        stmt = (
+            select(t.issuer_key_id, func.count()).where(t.not_after > now).group_by(t.issuer_key_id)
+        )
+        return {key: int(count) for key, count in self._rows(stmt)}
+
+    def prune(self, expired_before: datetime) -> int:
+        """Delete rows of certificates that expired before ``expired_before``; return how many."""
+        t = IssuedCert.__table__.c
+        with database_errors("pruning the ledger"), self.engine.begin() as conn:
+            result = conn.execute(delete(IssuedCert).where(t.not_after < expired_before))
+            return int(result.rowcount)
+
+    def _rows(self, stmt: Select[Any]) -> list[Any]:
+        with database_errors("reading the ledger"), self.engine.connect() as conn:
+            return list(conn.execute(stmt).all())
+
+
+def _row(record: Any, fields: list[str]) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in fields}
+
+
+def _common_filters(
+    query: LedgerQuery,
+    spiffe_id: ColumnElement[Any],
+    namespace: ColumnElement[Any],
+    service_account: ColumnElement[Any],
+    at: ColumnElement[Any],
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if query.spiffe_id is not None:
+        conditions.append(spiffe_id == query.spiffe_id)
+    if query.namespace is not None:
+        conditions.append(namespace == query.namespace)
+    if query.service_account is not None:
+        conditions.append(service_account == query.service_account)
+    if query.since is not None:
+        conditions.append(at >= query.since)
+    if query.until is not None:
+        conditions.append(at < query.until)
+    return conditions

@@ -1,0 +1,1 @@
+"""The per-workload SDS agent (arrives with the SDS agent issue)."""
