@@ -1,27 +1,40 @@
 """Issuance with a ledger: a certificate leaves the CA only after its row is durable.
 
-Refusals are recorded too. Requests can be issued one at a time or in batches that share one
-transaction (group commit): every certificate of a batch is returned only after the commit.
+Refusals are recorded too. Work is split in two stages so that callers can group-commit:
+:meth:`IssuanceService.sign` checks and signs a batch (CPU only, nothing returned to anyone yet)
+and :meth:`IssuanceService.commit` writes the batch's rows in one transaction and only then
+releases its certificates. A server can commit one batch while it signs the next.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ca.core.errors import MeshcaError
 from ca.core.issuer import IssuanceRequest, IssuedSvid, Issuer, deny_record
-from ca.core.records import DeniedRecord
+from ca.core.records import DeniedRecord, IssuedRecord
 from ca.storage.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Result = IssuedSvid | MeshcaError
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedBatch:
+    """Signed but not yet recorded: nothing here may reach a caller before :meth:`commit`."""
+
+    results: list[Result]
+    issued: list[IssuedRecord]
+    denied: list[DeniedRecord]
 
 
 class IssuanceService:
@@ -39,34 +52,47 @@ class IssuanceService:
             raise result
         return result
 
-    def issue_batch(self, requests: Sequence[IssuanceRequest]) -> list[IssuedSvid | MeshcaError]:
-        """Issue many SVIDs with one ledger transaction; each result is the SVID or its refusal.
+    def issue_batch(self, requests: Sequence[IssuanceRequest]) -> list[Result]:
+        """Issue many SVIDs with one ledger transaction; each result is the SVID or its refusal."""
+        return self.commit(self.sign(requests))
 
-        If the ledger write fails, the write error is raised and no certificate is returned.
-        """
+    def sign(self, requests: Sequence[IssuanceRequest]) -> SignedBatch:
+        """Check and sign every request (no I/O)."""
         now = self.clock()
-        results: list[IssuedSvid | MeshcaError] = []
+        results: list[Result] = []
+        issued: list[IssuedRecord] = []
         denied: list[DeniedRecord] = []
         for request in requests:
             try:
-                results.append(self.issuer.issue(request, now))
+                svid = self.issuer.issue(request, now)
             except MeshcaError as error:
                 results.append(error)
                 denied.append(deny_record(request, error, now))
-        issued = [r.record for r in results if isinstance(r, IssuedSvid)]
+            else:
+                results.append(svid)
+                issued.append(svid.record)
+        return SignedBatch(results, issued, denied)
+
+    def commit(self, batch: SignedBatch) -> list[Result]:
+        """Record the batch in one transaction, then release its results.
+
+        If the write fails and the batch holds certificates, the write error is raised and no
+        certificate is released (fail closed). A batch of refusals only still returns them.
+        """
         try:
-            self.ledger.record(issued, denied)
+            self.ledger.record(batch.issued, batch.denied)
         except MeshcaError:
-            if issued:
-                log.exception("ledger write failed; withholding %d certificate(s)", len(issued))
+            if batch.issued:
+                log.exception(
+                    "ledger write failed; withholding %d certificate(s)", len(batch.issued)
+                )
                 raise
-            # Nothing to withhold: the callers still get their precise refusals.
-            log.exception("ledger write failed; %d refusal(s) not recorded", len(denied))
-        for record in denied:
+            log.exception("ledger write failed; %d refusal(s) not recorded", len(batch.denied))
+        for record in batch.denied:
             log.info(
                 "refused request_id=%s spiffe_id=%s reason=%s",
                 record.request_id,
                 record.spiffe_id,
                 record.reason,
             )
-        return results
+        return batch.results

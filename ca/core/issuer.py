@@ -21,8 +21,8 @@ from ca.core.identity import WorkloadIdentity
 from ca.core.keys import public_key_sha256
 from ca.core.records import DeniedRecord, IssuedRecord, ttl_seconds
 from ca.core.serials import random_serial, serial_hex
-from ca.core.svid_builder import build_svid
-from ca.core.svid_validator import validate_svid
+from ca.core.svid_builder import SvidBuilder
+from ca.core.svid_validator import SvidValidator
 
 DEFAULT_BACKDATE = timedelta(seconds=60)
 
@@ -90,28 +90,32 @@ class Issuer:
         self.ttl_policy = ttl_policy
         self.backdate = backdate
         self._signer_key_id = signer.key_id
+        self._builder = SvidBuilder(signer)
+        self._validator = SvidValidator(signer.certificate)
+        self._not_before = signer.not_before
+        self._not_after = signer.not_after
+        self._chain = signer.chain_for_leaf
 
     def issue(self, request: IssuanceRequest, now: datetime) -> IssuedSvid:
         """Check, sign and validate; raise a :class:`MeshcaError` subclass on refusal."""
         request.caller.require_trust_domain(self.trust_domain)
         validated = check_csr(request.csr, request.caller)
         ttl = self.ttl_policy.resolve(request.requested_ttl)
-        signer = self.signer
-        if now >= signer.not_after:
+        if now >= self._not_after:
             raise ConfigurationError("ca_expired", "the signing CA certificate has expired")
-        not_before = max(now - self.backdate, signer.not_before)
-        not_after = min(now + ttl, signer.not_after)
+        # X.509 times have whole seconds; the ledger records exactly what the certificate says.
+        not_before = max(now - self.backdate, self._not_before).replace(microsecond=0)
+        not_after = min(now + ttl, self._not_after).replace(microsecond=0)
         serial = random_serial()
         spiffe_id = validated.identity.spiffe_id
-        cert = build_svid(
-            signer,
+        cert = self._builder.build(
             validated.public_key,
             spiffe_id,
             serial=serial,
             not_before=not_before,
             not_after=not_after,
         )
-        validate_svid(cert, signer.certificate, spiffe_id, now=now)
+        self._validator.validate(cert, spiffe_id, now=now, public_key=validated.public_key)
         caller = request.caller
         record = IssuedRecord(
             serial=serial_hex(serial),
@@ -121,8 +125,8 @@ class Issuer:
             pod_name=caller.pod_name,
             pod_uid=caller.pod_uid,
             issuer_key_id=self._signer_key_id,
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
+            not_before=not_before,
+            not_after=not_after,
             cert_sha256=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
             public_key_sha256=public_key_sha256(validated.public_key),
             requested_ttl_seconds=ttl_seconds(request.requested_ttl),
@@ -130,4 +134,4 @@ class Issuer:
             request_id=request.request_id,
             issued_at=now,
         )
-        return IssuedSvid(cert, signer.chain_for_leaf, record)
+        return IssuedSvid(cert, self._chain, record)

@@ -3,6 +3,9 @@
 Leaf: empty subject, one critical URI SAN (the SPIFFE ID), KeyUsage critical digitalSignature
 (+ keyEncipherment for RSA and EC keys), EKU serverAuth + clientAuth, BasicConstraints critical
 CA=false, SubjectKeyIdentifier and AuthorityKeyIdentifier, a 128-bit random serial.
+
+A :class:`SvidBuilder` is made once per signing authority: what every leaf of that signer shares
+(issuer name, AKI, the constant extensions, the signature hash) is prepared once.
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ _NOT_CA = x509.BasicConstraints(ca=False, path_length=None)
 
 def leaf_key_usage(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:
     """digitalSignature always; keyEncipherment too, except for Ed25519 (RFC 8410 forbids it)."""
+    return _KEY_USAGE[not isinstance(public_key, ed25519.Ed25519PublicKey)]
+
+
+def _key_usage(key_encipherment: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
-        key_encipherment=not isinstance(public_key, ed25519.Ed25519PublicKey),
+        key_encipherment=key_encipherment,
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=False,
@@ -36,6 +43,52 @@ def leaf_key_usage(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+_KEY_USAGE = {True: _key_usage(True), False: _key_usage(False)}
+
+
+class SvidBuilder:
+    """Signs X.509-SVIDs with one signing authority."""
+
+    def __init__(self, signer: SigningAuthority) -> None:
+        self._private_key = signer.private_key
+        self._hash = signature_hash_for(signer.private_key)
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            signer.subject_key_identifier
+        )
+        self._base = (
+            x509.CertificateBuilder()
+            .subject_name(_EMPTY_NAME)
+            .issuer_name(signer.certificate.subject)
+            .add_extension(_NOT_CA, critical=True)
+            .add_extension(_EKU, critical=False)
+            .add_extension(aki, critical=False)
+        )
+
+    def build(
+        self,
+        public_key: CertificatePublicKeyTypes,
+        spiffe_id: SpiffeId,
+        *,
+        serial: int,
+        not_before: datetime,
+        not_after: datetime,
+    ) -> x509.Certificate:
+        """Sign an X.509-SVID for ``spiffe_id`` over ``public_key``."""
+        builder = (
+            self._base.public_key(public_key)
+            .serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(leaf_key_usage(public_key), critical=True)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        )
+        return builder.sign(self._private_key, self._hash)
 
 
 def build_svid(
@@ -47,28 +100,7 @@ def build_svid(
     not_before: datetime,
     not_after: datetime,
 ) -> x509.Certificate:
-    """Sign an X.509-SVID for ``spiffe_id`` over ``public_key`` with ``signer``."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_EMPTY_NAME)
-        .issuer_name(signer.certificate.subject)
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(_NOT_CA, critical=True)
-        .add_extension(leaf_key_usage(public_key), critical=True)
-        .add_extension(_EKU, critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                signer.subject_key_identifier
-            ),
-            critical=False,
-        )
+    """One-off form of :meth:`SvidBuilder.build`."""
+    return SvidBuilder(signer).build(
+        public_key, spiffe_id, serial=serial, not_before=not_before, not_after=not_after
     )
-    return builder.sign(signer.private_key, signature_hash_for(signer.private_key))
