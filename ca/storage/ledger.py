@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, and_, delete, func, insert, select
+from sqlalchemy import ColumnElement, Engine, Select, delete, func, insert, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ca.core.errors import Unavailable
@@ -70,21 +70,7 @@ class Ledger:
 
     def certs(self, query: LedgerQuery) -> list[IssuedRecord]:
         """Issued certificates matching ``query``, newest first."""
-        t = IssuedCert.__table__.c
-        conditions = _common_filters(
-            query, t.spiffe_id, t.namespace, t.service_account, t.issued_at
-        )
-        if query.serial is not None:
-            conditions.append(t.serial == query.serial.lower())
-        if query.issuer_key_id is not None:
-            conditions.append(t.issuer_key_id == query.issuer_key_id)
-        if query.active_at is not None:
-            conditions += [t.not_after > query.active_at, t.not_before <= query.active_at]
-        if query.expiring_before is not None:
-            conditions.append(t.not_after <= query.expiring_before)
-        stmt = select(*[t[name] for name in _ISSUED_FIELDS]).where(and_(*conditions))
-        stmt = stmt.order_by(t.issued_at.desc(), t.serial).limit(query.limit)
-        return [IssuedRecord(*row) for row in self._rows(stmt)]
+        return [IssuedRecord(*row) for row in self._rows(certs_statement(query))]
 
     def cert(self, serial: str) -> IssuedRecord | None:
         """The certificate with ``serial`` (hex), if recorded."""
@@ -94,13 +80,7 @@ class Ledger:
     def denied(self, query: LedgerQuery) -> list[DeniedRecord]:
         """Refused requests matching ``query`` (serial, issuer and validity filters do not
         apply), newest first."""
-        t = DeniedRequest.__table__.c
-        conditions = _common_filters(
-            query, t.spiffe_id, t.namespace, t.service_account, t.denied_at
-        )
-        stmt = select(*[t[name] for name in _DENIED_FIELDS]).where(and_(*conditions))
-        stmt = stmt.order_by(t.denied_at.desc(), t.id.desc()).limit(query.limit)
-        return [DeniedRecord(*row) for row in self._rows(stmt)]
+        return [DeniedRecord(*row) for row in self._rows(denied_statement(query))]
 
     def count_issued(self) -> int:
         with database_errors("counting certificates"), self.engine.connect() as conn:
@@ -108,11 +88,7 @@ class Ledger:
 
     def active_counts_by_issuer(self, now: datetime) -> dict[str, int]:
         """How many unexpired certificates each CA key has issued."""
-        t = IssuedCert.__table__.c
-        stmt = (
-            select(t.issuer_key_id, func.count()).where(t.not_after > now).group_by(t.issuer_key_id)
-        )
-        return {key: int(count) for key, count in self._rows(stmt)}
+        return {key: int(count) for key, count in self._rows(active_counts_statement(now))}
 
     def prune(self, expired_before: datetime) -> int:
         """Delete rows of certificates that expired before ``expired_before``; return how many."""
@@ -124,6 +100,36 @@ class Ledger:
     def _rows(self, stmt: Select[Any]) -> list[Any]:
         with database_errors("reading the ledger"), self.engine.connect() as conn:
             return list(conn.execute(stmt).all())
+
+
+def certs_statement(query: LedgerQuery) -> Select[Any]:
+    """The SELECT behind ``audit certs``."""
+    t = IssuedCert.__table__.c
+    conditions = _common_filters(query, t.spiffe_id, t.namespace, t.service_account, t.issued_at)
+    if query.serial is not None:
+        conditions.append(t.serial == query.serial.lower())
+    if query.issuer_key_id is not None:
+        conditions.append(t.issuer_key_id == query.issuer_key_id)
+    if query.active_at is not None:
+        conditions += [t.not_after > query.active_at, t.not_before <= query.active_at]
+    if query.expiring_before is not None:
+        conditions.append(t.not_after <= query.expiring_before)
+    stmt = select(*[t[name] for name in _ISSUED_FIELDS]).where(*conditions)
+    return stmt.order_by(t.issued_at.desc(), t.serial).limit(query.limit)
+
+
+def denied_statement(query: LedgerQuery) -> Select[Any]:
+    """The SELECT behind ``audit denied``."""
+    t = DeniedRequest.__table__.c
+    conditions = _common_filters(query, t.spiffe_id, t.namespace, t.service_account, t.denied_at)
+    stmt = select(*[t[name] for name in _DENIED_FIELDS]).where(*conditions)
+    return stmt.order_by(t.denied_at.desc(), t.id.desc()).limit(query.limit)
+
+
+def active_counts_statement(now: datetime) -> Select[Any]:
+    """Unexpired certificates per issuing key (``ca status``, ``root retire``)."""
+    t = IssuedCert.__table__.c
+    return select(t.issuer_key_id, func.count()).where(t.not_after > now).group_by(t.issuer_key_id)
 
 
 def _row(record: Any, fields: list[str]) -> dict[str, Any]:
