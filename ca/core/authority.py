@@ -54,6 +54,17 @@ class SigningAuthority:
         for child, parent in itertools.pairwise(path):
             _verify_link(child, parent)
         _verify_link(path[-1], path[-1])
+        for depth, cert in enumerate(path):
+            # RFC 5280 4.2.1.9: pathLenConstraint bounds the non-self-issued CA certificates
+            # below ``cert`` (the leaf this authority signs is not counted).
+            limit = _path_length(cert)
+            below = sum(1 for c in path[:depth] if c.subject != c.issuer)
+            if limit is not None and below > limit:
+                raise ConfigurationError(
+                    "ca_chain_invalid",
+                    f"certificate {cert.subject.rfc4514_string()!r} allows {limit} CA "
+                    f"certificate(s) below it, but the chain has {below}",
+                )
 
     @property
     def root(self) -> x509.Certificate:
@@ -182,6 +193,13 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return constraints.ca
 
 
+def _path_length(cert: x509.Certificate) -> int | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        return None
+
+
 def _can_sign_certs(cert: x509.Certificate) -> bool:
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -212,19 +230,7 @@ def assemble_authority(
         raise ConfigurationError("ca_chain_invalid", "no root certificate was given")
     path = [certificate, *chain]
     for cert in path:
-        if not (_is_ca(cert) and _can_sign_certs(cert)):
-            raise ConfigurationError(
-                "ca_not_a_ca",
-                f"certificate {cert.subject.rfc4514_string()!r} is not a CA that may sign "
-                "certificates (BasicConstraints CA=true, KeyUsage keyCertSign)",
-            )
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise ConfigurationError(
-                "ca_expired",
-                f"certificate {cert.subject.rfc4514_string()!r} is not valid now "
-                f"({cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
-                f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})",
-            )
+        _check_usable_ca(cert, now)
     top = path[-1]
     root = next((r for r in roots if r == top), None)
     if root is None:
@@ -235,10 +241,27 @@ def assemble_authority(
                 f"the chain of {certificate.subject.rfc4514_string()!r} does not verify up to "
                 "any of the given root certificates",
             )
+        _check_usable_ca(root, now)
         path.append(root)
     authority = SigningAuthority(certificate, private_key, tuple(path[1:]))
     authority.verify_chain()
     return authority
+
+
+def _check_usable_ca(cert: x509.Certificate, now: datetime) -> None:
+    if not (_is_ca(cert) and _can_sign_certs(cert)):
+        raise ConfigurationError(
+            "ca_not_a_ca",
+            f"certificate {cert.subject.rfc4514_string()!r} is not a CA that may sign "
+            "certificates (BasicConstraints CA=true, KeyUsage keyCertSign)",
+        )
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise ConfigurationError(
+            "ca_expired",
+            f"certificate {cert.subject.rfc4514_string()!r} is not valid now "
+            f"({cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})",
+        )
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:

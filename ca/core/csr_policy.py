@@ -84,7 +84,7 @@ def check_csr(data: bytes, caller: WorkloadIdentity) -> ValidatedCsr:
         signature_ok = csr.is_signature_valid
         public_key = csr.public_key()
         extensions = csr.extensions
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, x509.UnsupportedGeneralNameType, x509.DuplicateExtension) as exc:
         raise InvalidRequest("csr_malformed", f"CSR could not be parsed: {exc}") from exc
     if not signature_ok:
         raise InvalidRequest("csr_bad_signature", "CSR signature does not verify")

@@ -23,7 +23,7 @@ def parse_duration(text: str) -> timedelta:
     if not s:
         raise ValueError("empty duration")
     if re.fullmatch(r"\d+", s):
-        return timedelta(seconds=int(s))
+        return _timedelta(int(s), text)
     pos = 0
     total = 0.0
     for match in _PART.finditer(s):
@@ -36,7 +36,14 @@ def parse_duration(text: str) -> timedelta:
             f"invalid duration {text!r}: use a number with a unit (ms, s, m, h, d, w, y), "
             "e.g. 24h, 90d, 1h30m"
         )
-    return timedelta(seconds=total)
+    return _timedelta(total, text)
+
+
+def _timedelta(seconds: float, text: str) -> timedelta:
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"invalid duration {text!r}: out of range") from None
 
 
 def format_duration(value: timedelta) -> str:

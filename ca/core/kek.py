@@ -19,6 +19,7 @@ from ca.core.errors import ConfigurationError
 
 KEK_BYTES = 32
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 _FORMAT = b"mkek1:"
 
 
@@ -56,6 +57,8 @@ class KeyEncryptionKey:
         if not ciphertext.startswith(_FORMAT):
             raise ConfigurationError("kek_decrypt_failed", "encrypted CA key has an unknown format")
         body = ciphertext[len(_FORMAT) :]
+        if len(body) < _NONCE_BYTES + _TAG_BYTES:
+            raise ConfigurationError("kek_decrypt_failed", "encrypted CA key is truncated")
         nonce, sealed = body[:_NONCE_BYTES], body[_NONCE_BYTES:]
         try:
             return self._aead.decrypt(nonce, sealed, associated_data)

@@ -365,11 +365,6 @@ def test_refused(material: Material, case: Refusal, tmp_path: Path) -> None:
     assert excinfo.value.reason == case.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: assemble_authority checks validity only of certificates in the chain; a root "
-    "supplied only in root-cert.pem / ca.crt is appended without its validity being checked",
-)
 def test_refused_expired_root_given_only_in_the_root_file(
     key_bank: KeyBank, now: datetime, tmp_path: Path
 ) -> None:
@@ -390,12 +385,6 @@ def test_refused_expired_root_given_only_in_the_root_file(
     assert excinfo.value.reason == "ca_expired"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: assemble_authority/verify_chain ignore BasicConstraints pathLenConstraint, so a "
-    "CA under a path-length-0 intermediate is accepted and every SVID it signs fails "
-    "verification (OpenSSL: 'path length constraint exceeded')",
-)
 def test_refused_chain_violating_path_length(
     ca_bank: CaBank, key_bank: KeyBank, now: datetime, tmp_path: Path
 ) -> None:

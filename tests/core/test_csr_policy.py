@@ -285,11 +285,6 @@ def test_refused(issuer: Issuer, key_bank: KeyBank, now: datetime, case: Refusal
     assert excinfo.value.reason == case.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a CSR with a duplicated extension escapes check_csr as cryptography's "
-    "DuplicateExtension instead of InvalidRequest('csr_malformed')",
-)
 def test_refused_duplicate_extension_is_malformed(
     issuer: Issuer, key_bank: KeyBank, web: WorkloadIdentity, now: datetime
 ) -> None:
