@@ -18,3 +18,14 @@ def random_serial() -> int:
 def serial_hex(serial: int) -> str:
     """The canonical text form of a serial: 32 lower-case hex digits."""
     return format(serial, "032x")
+
+
+def normalise_serial(text: str) -> str:
+    """The canonical form of a serial written any hex way: any case, with or without ``0x``,
+    colons (``openssl x509 -serial``, ``-text``) or leading zeros. Non-hex text is returned
+    lower-cased, so it matches no serial."""
+    digits = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        return serial_hex(int(digits, 16))
+    except ValueError:
+        return digits

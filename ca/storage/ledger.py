@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ca.core.errors import Unavailable
 from ca.core.records import DeniedRecord, IssuedRecord
+from ca.core.serials import normalise_serial
 from ca.storage.models import DeniedRequest, IssuedCert
 
 _ISSUED_FIELDS = [f.name for f in dataclasses.fields(IssuedRecord)]
@@ -74,7 +75,7 @@ class Ledger:
 
     def cert(self, serial: str) -> IssuedRecord | None:
         """The certificate with ``serial`` (hex), if recorded."""
-        found = self.certs(LedgerQuery(serial=serial.lower().removeprefix("0x"), limit=1))
+        found = self.certs(LedgerQuery(serial=serial, limit=1))
         return found[0] if found else None
 
     def denied(self, query: LedgerQuery) -> list[DeniedRecord]:
@@ -107,7 +108,7 @@ def certs_statement(query: LedgerQuery) -> Select[Any]:
     t = IssuedCert.__table__.c
     conditions = _common_filters(query, t.spiffe_id, t.namespace, t.service_account, t.issued_at)
     if query.serial is not None:
-        conditions.append(t.serial == query.serial.lower())
+        conditions.append(t.serial == normalise_serial(query.serial))
     if query.issuer_key_id is not None:
         conditions.append(t.issuer_key_id == query.issuer_key_id)
     if query.active_at is not None:

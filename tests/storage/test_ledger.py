@@ -397,11 +397,6 @@ def test_cert_of_an_unknown_serial_is_none(filled: Ledger) -> None:
 LEADING_ZERO = serial(0x00AB << 112 | 0x1234)  # 1 certificate in 256 has a zero first byte
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cert() compares the hex text, so a serial written without its leading zeros "
-    "(as hex(), int formatting and `openssl x509 -serial` print it) is not found",
-)
 def test_cert_finds_a_serial_written_without_leading_zeros(ledger: Ledger) -> None:
     ledger.record([issued(LEADING_ZERO)])
     number = int(LEADING_ZERO, 16)
@@ -409,11 +404,6 @@ def test_cert_finds_a_serial_written_without_leading_zeros(ledger: Ledger) -> No
     assert ledger.cert(format(number, "X")) is not None  # what openssl prints
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: certs(serial=...) does not strip the 0x prefix that cert() accepts, so "
-    "`meshca audit certs --serial 0x...` finds nothing",
-)
 def test_certs_serial_filter_accepts_0x_like_cert(filled: Ledger) -> None:
     assert serials(filled.certs(LedgerQuery(serial="0x" + S3))) == [S3]
 
