@@ -80,6 +80,12 @@ class CaRuntime:
                     f"the CA for trust domain {existing.trust_domain.name} is already initialised "
                     "in this database (use --exist-ok to accept that)",
                 )
+            if existing.trust_domain.name != self.settings.trust_domain:
+                raise ConfigurationError(
+                    "trust_domain_mismatch",
+                    f"this database holds the CA of trust domain {existing.trust_domain.name}, "
+                    f"not {self.settings.trust_domain}",
+                )
             signer = self.authorities.signing_authority(self.kek())
             return InitOutcome(existing, False, None, signer.key_id)
         trust_domain = parse_trust_domain(self.settings.trust_domain)

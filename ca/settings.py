@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError
+from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -16,7 +16,8 @@ from pydantic_settings import (
 )
 
 from ca.core.durations import format_duration, parse_duration
-from ca.core.errors import ConfigurationError
+from ca.core.errors import ConfigurationError, InvalidRequest
+from ca.core.identity import parse_trust_domain
 from ca.core.keys import KeyType
 from ca.storage.engine import DEFAULT_DB_URL
 
@@ -48,6 +49,14 @@ class Settings(BaseSettings):
     backdate: Duration = Field(
         timedelta(seconds=60), description="NotBefore backdating for clock skew"
     )
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _valid_trust_domain(cls, value: str) -> str:
+        try:
+            return parse_trust_domain(value).name
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
 
     @classmethod
     def settings_customise_sources(

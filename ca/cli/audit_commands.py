@@ -6,6 +6,7 @@ timestamps are UTC ISO 8601 with a ``Z``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,10 +16,20 @@ import click
 
 from ca.cli.common import DURATION, TIME, CliState, format_option, pass_state
 from ca.cli.output import as_dicts, iso, render
-from ca.storage.ledger import LedgerQuery
+from ca.core.records import DeniedRecord, IssuedRecord
+from ca.storage.ledger import Ledger, LedgerQuery
 
 CERT_COLUMNS = ["serial", "spiffe_id", "issuer_key_id", "issued_at", "not_after", "requester"]
 DENIED_COLUMNS = ["denied_at", "reason", "spiffe_id", "requester", "message"]
+CERT_FIELDS = [f.name for f in dataclasses.fields(IssuedRecord)]
+DENIED_FIELDS = [f.name for f in dataclasses.fields(DeniedRecord)]
+
+
+def _ledger(state: CliState) -> Ledger:
+    """The ledger of an initialised CA; otherwise refuse, pointing to ``meshca ca init``."""
+    runtime = state.runtime()
+    runtime.authorities.require_identity()
+    return runtime.ledger
 
 
 @click.group()
@@ -68,8 +79,8 @@ def certs(
         active_at=now if active or expiring_within is not None else None,
         expiring_before=now + expiring_within if expiring_within is not None else None,
     )
-    records = state.runtime().ledger.certs(query)
-    click.echo(render(as_dicts(records), fmt, CERT_COLUMNS), nl=False)
+    records = _ledger(state).certs(query)
+    click.echo(render(as_dicts(records), fmt, CERT_COLUMNS, CERT_FIELDS), nl=False)
 
 
 @audit.command()
@@ -77,8 +88,8 @@ def certs(
 @pass_state
 def denied(state: CliState, /, fmt: str, **filters: Any) -> None:
     """Refused requests and why, newest first."""
-    records = state.runtime().ledger.denied(LedgerQuery(**filters))
-    click.echo(render(as_dicts(records), fmt, DENIED_COLUMNS), nl=False)
+    records = _ledger(state).denied(LedgerQuery(**filters))
+    click.echo(render(as_dicts(records), fmt, DENIED_COLUMNS, DENIED_FIELDS), nl=False)
 
 
 @audit.command()
@@ -89,7 +100,7 @@ def denied(state: CliState, /, fmt: str, **filters: Any) -> None:
 @pass_state
 def show(state: CliState, serial: str, fmt: str) -> None:
     """Everything the ledger knows about one certificate."""
-    record = state.runtime().ledger.cert(serial)
+    record = _ledger(state).cert(serial)
     if record is None:
         raise click.ClickException(f"no certificate with serial {serial} in the ledger")
     (row,) = as_dicts([record])
@@ -112,5 +123,5 @@ def show(state: CliState, serial: str, fmt: str) -> None:
 def prune(state: CliState, expired_before: timedelta) -> None:
     """Delete ledger rows of long-expired certificates."""
     cutoff = datetime.now(UTC) - expired_before
-    deleted = state.runtime().ledger.prune(cutoff)
+    deleted = _ledger(state).prune(cutoff)
     click.echo(f"deleted {deleted} certificate row(s) that expired before {iso(cutoff)}")

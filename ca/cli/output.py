@@ -31,14 +31,16 @@ def as_dicts(records: Sequence[Any]) -> list[dict[str, Any]]:
     return [{k: _plain(v) for k, v in dataclasses.asdict(r).items()} for r in records]
 
 
-def render(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str]) -> str:
-    """Render ``rows``: a table shows ``columns``; JSON and CSV carry every field."""
+def render(
+    rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], fields: Sequence[str]
+) -> str:
+    """Render ``rows``: a table shows ``columns``; JSON and CSV carry every one of ``fields``
+    (the CSV header is ``fields`` even when no row matched)."""
     if fmt == "json":
         return json.dumps(rows, indent=2, sort_keys=True) + "\n"
     if fmt == "csv":
-        fields = list(rows[0]) if rows else list(columns)
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return buffer.getvalue()

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from spiffe import TrustDomain
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from ca.core.authority import SigningAuthority
@@ -87,6 +87,8 @@ class AuthorityStore:
     def identity(self) -> CaIdentity | None:
         """The CA's identity, or ``None`` when ``ca init`` has not run on this database."""
         with database_errors("reading the CA state"), self.engine.connect() as conn:
+            if not inspect(conn).has_table(CaState.__tablename__):
+                return None
             row = conn.execute(select(CaState).where(CaState.id == _CA_STATE_ID)).first()
         if row is None:
             return None

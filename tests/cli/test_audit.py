@@ -184,11 +184,6 @@ def test_audit_certs_csv_parses_with_the_csv_module(audit: dict[tuple[str, ...],
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `audit certs --format csv` with no matching row prints the 6 table columns "
-    "as the header instead of the 15 documented fields",
-)
 def test_audit_certs_csv_header_is_the_same_when_nothing_matches(
     audit: dict[tuple[str, ...], Result],
 ) -> None:

@@ -56,6 +56,9 @@ def test_upgrade_then_init_uses_the_current_directory_and_a_private_kek(
     assert "key-encryption key" not in accepted.stderr
     assert kek.read_text().strip() == kek_text
 
+    other_domain = meshca("ca", "init", "--exist-ok", "--trust-domain", "example.org", check=False)
+    assert_error(other_domain, 3, "cluster.local", "example.org")
+
 
 @pytest.mark.parametrize(
     ("key_type", "expected"),
@@ -145,11 +148,6 @@ def test_a_bad_config_file_is_a_configuration_error(
     assert not (tmp_path / "meshca.kek").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an invalid trust domain setting exits 4 ('request refused') instead of 3 "
-    "(configuration), because ca init lets parse_trust_domain's InvalidRequest through",
-)
 def test_an_invalid_trust_domain_is_a_configuration_error(meshca: Meshca, tmp_path: Path) -> None:
     result = meshca("ca", "init", "--trust-domain", "Not A Domain", check=False)
     assert_error(result, 3, "invalid trust domain 'Not A Domain'")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.cli.conftest import WEB
 from tests.cli.helpers import Meshca, assert_error, write_csr
 
@@ -25,21 +23,10 @@ def test_commands_on_an_uninitialised_database_point_to_ca_init(
     assert not (tmp_path / "meshca.kek").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on a database without the schema (no `db upgrade` yet) commands fail with "
-    "exit 5 'database error while reading the CA state: OperationalError' (database "
-    "unavailable) instead of exit 3 and the `meshca ca init` hint",
-)
 def test_a_database_without_the_schema_points_to_ca_init(meshca: Meshca) -> None:
     assert_error(meshca("ca", "status", check=False), 3, "not initialised", HINT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `audit certs` on an uninitialised database exits 0 with an empty ledger "
-    "instead of failing with exit 3 and the `meshca ca init` hint",
-)
 def test_audit_on_an_uninitialised_database_points_to_ca_init(meshca: Meshca) -> None:
     meshca("db", "upgrade")
     assert_error(meshca("audit", "certs", check=False), 3, "not initialised", HINT)
