@@ -24,15 +24,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from ca.core.authority import build_intermediate, build_root
 from ca.core.identity import WorkloadIdentity, parse_trust_domain
 from ca.core.issuer import IssuanceRequest, IssuedSvid
+from ca.core.keys import KeyType, generate_private_key
+from ca.core.svid_builder import SvidBuilder
 from ca.issuance import IssuanceService, Result
 from ca.runtime import CaRuntime
 from ca.settings import Settings
@@ -40,6 +46,7 @@ from ca.storage import migrate
 from tests.factories import make_csr
 
 TRUST_DOMAIN = parse_trust_domain("cluster.local")
+_DAY = timedelta(days=1)
 
 
 def openssl_sign_per_second(seconds: int) -> float:
@@ -54,6 +61,35 @@ def openssl_sign_per_second(seconds: int) -> float:
     if match is None:
         raise RuntimeError(f"cannot parse openssl speed output:\n{out}")
     return float(match.group(1))
+
+
+def crypto_ceiling(requests: list[IssuanceRequest]) -> float:
+    """Certificates/s if issuance did nothing but its three mandatory public-key operations
+    through cryptography's X.509 layer: verify the CSR, sign the leaf, verify the leaf. No
+    policy, no validation of fields, no ledger: an upper bound for this core."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    root = build_root(TRUST_DOMAIN, generate_private_key(KeyType.EC_P256), now=now, ttl=_DAY)
+    signer = build_intermediate(
+        TRUST_DOMAIN, generate_private_key(KeyType.EC_P256), root, now=now, ttl=_DAY
+    )
+    builder = SvidBuilder(signer)
+    issuer_key = signer.certificate.public_key()
+    assert isinstance(issuer_key, ec.EllipticCurvePublicKey)
+    start = time.perf_counter()
+    for request in requests:
+        csr = x509.load_pem_x509_csr(request.csr)
+        assert csr.is_signature_valid
+        leaf = builder.build(
+            csr.public_key(),
+            request.caller.spiffe_id,
+            serial=1,
+            not_before=now,
+            not_after=now + _DAY,
+        )
+        algorithm = leaf.signature_hash_algorithm
+        assert algorithm is not None
+        issuer_key.verify(leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(algorithm))
+    return len(requests) / (time.perf_counter() - start)
 
 
 def make_requests(count: int) -> list[IssuanceRequest]:
@@ -163,6 +199,7 @@ def main() -> None:
     print(f"preparing {args.count} CSRs (not timed) ...")
     requests = make_requests(args.count)
     baseline_before = openssl_sign_per_second(args.openssl_seconds)
+    ceiling = crypto_ceiling(requests[:3000])
 
     workdir = Path(tempfile.mkdtemp(prefix="meshca-bench-"))
     rates: dict[str, float] = {}
@@ -226,6 +263,10 @@ def main() -> None:
     )
     for label, rate in rates.items():
         print(f"  ratio {label:<36} {rate / baseline:6.4f} of openssl sign/s  ({rate:.0f} certs/s)")
+    print(
+        f"  ceiling: CSR verify + sign + leaf verify only {ceiling:8.0f} certs/s "
+        f"({ceiling / baseline:6.4f} of openssl sign/s)"
+    )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mib:.0f} MiB; target: >= 3000 certs/s on one core with SQLite")
 
