@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ca.cli.common import DURATION, TIME, CliState, format_option, pass_state
+from ca.cli.common import DURATION, TIME, CliState, MeshcaGroup, format_option, pass_state
 from ca.cli.output import as_dicts, iso, render
 from ca.core.records import DeniedRecord, IssuedRecord
 from ca.storage.ledger import Ledger, LedgerQuery
@@ -32,7 +32,7 @@ def _ledger(state: CliState) -> Ledger:
     return runtime.ledger
 
 
-@click.group()
+@click.group(cls=MeshcaGroup)
 def audit() -> None:
     """Query and prune the issuance ledger."""
 

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 
 import click
 
-from ca.cli.common import DURATION, CliState, pass_state
+from ca.cli.common import DURATION, CliState, MeshcaGroup, pass_state
 from ca.cli.output import iso, table
 from ca.core.identity import WorkloadIdentity, parse_spiffe_id
 from ca.core.issuer import IssuanceRequest
@@ -20,7 +20,7 @@ from ca.storage import migrate
 ADMIN_REQUESTER = "admin-cli"
 
 
-@click.group()
+@click.group(cls=MeshcaGroup)
 def ca() -> None:
     """Create, inspect and use the certificate authority."""
 

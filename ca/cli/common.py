@@ -20,7 +20,7 @@ from ca.settings import Settings, load_settings
 class CliState:
     """Global flags, kept until a command adds its own and builds the settings."""
 
-    config_file: Path | None
+    config_file: Path | None = None
     flags: dict[str, Any] = field(default_factory=dict)
 
     def settings(self, **command_flags: Any) -> Settings:
@@ -31,6 +31,62 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState)
+
+
+def _store_flag(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Keep a connection option given after the command name (it overrides one given before)."""
+    if value is None or param.name is None:
+        return
+    state = ctx.find_object(CliState)
+    assert state is not None
+    if param.name == "config_file":
+        state.config_file = value
+    else:
+        state.flags[param.name] = value
+
+
+def connection_options(*, read_env: bool = False) -> list[click.Parameter]:
+    """``--config``, ``--db`` and ``--kek-file``: accepted before the command name (by the
+    ``meshca`` group, which also reads ``MESHCA_CONFIG``) and after it (by every command), so
+    ``meshca audit certs --db URL`` works."""
+    path = click.Path(path_type=Path, dir_okay=False)
+    return [
+        click.Option(
+            ["--config", "config_file"],
+            type=path,
+            expose_value=False,
+            callback=_store_flag,
+            envvar="MESHCA_CONFIG" if read_env else None,
+            help="TOML config file. Env: MESHCA_CONFIG.",
+        ),
+        click.Option(
+            ["--db", "db_url"],
+            expose_value=False,
+            callback=_store_flag,
+            help="Database URL. Env: MESHCA_DB_URL. [sqlite:///./meshca.db]",
+        ),
+        click.Option(
+            ["--kek-file"],
+            type=path,
+            expose_value=False,
+            callback=_store_flag,
+            help="Key-encryption key file. Env: MESHCA_KEK_FILE. [meshca.kek]",
+        ),
+    ]
+
+
+class MeshcaCommand(click.Command):
+    """A command that also takes the connection options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(connection_options())
+
+
+class MeshcaGroup(click.Group):
+    """A command group whose commands take the connection options."""
+
+    command_class = MeshcaCommand
 
 
 class DurationType(click.ParamType[timedelta, Any]):

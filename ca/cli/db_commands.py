@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ca.cli.common import CliState, pass_state
+from ca.cli.common import CliState, MeshcaGroup, pass_state
 from ca.storage import migrate
 
 
-@click.group()
+@click.group(cls=MeshcaGroup)
 def db() -> None:
     """Database schema."""
 

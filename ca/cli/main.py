@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from ca.cli.audit_commands import audit
 from ca.cli.ca_commands import ca
-from ca.cli.common import CliState
+from ca.cli.common import CliState, connection_options
 from ca.cli.db_commands import db
 from ca.cli.root_commands import root
 from ca.core.errors import (
@@ -37,19 +36,9 @@ EXIT_CODES: dict[type[MeshcaError], int] = {
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="MESHCA_CONFIG",
-    help="TOML config file (keys are the settings' names). Env: MESHCA_CONFIG.",
-)
-@click.option("--db", "db_url", help="Database URL. Env: MESHCA_DB_URL. [sqlite:///./meshca.db]")
-@click.option(
-    "--kek-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Key-encryption key file. Env: MESHCA_KEK_FILE. [meshca.kek]",
+@click.group(
+    params=connection_options(read_env=True),
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.option(
     "--log-level",
@@ -59,19 +48,11 @@ EXIT_CODES: dict[type[MeshcaError], int] = {
     show_default=True,
 )
 @click.version_option(package_name="meshca")
-@click.pass_context
-def cli(
-    ctx: click.Context,
-    config_file: Path | None,
-    db_url: str | None,
-    kek_file: Path | None,
-    log_level: str,
-) -> None:
+def cli(log_level: str) -> None:
     """meshca: a SPIFFE certificate authority for service meshes."""
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    ctx.obj = CliState(config_file=config_file, flags={"db_url": db_url, "kek_file": kek_file})
 
 
 cli.add_command(ca)
@@ -83,7 +64,7 @@ cli.add_command(db)
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point."""
     try:
-        return cli.main(args=argv, prog_name="meshca", standalone_mode=False)
+        return cli.main(args=argv, prog_name="meshca", standalone_mode=False, obj=CliState())
     except click.exceptions.Abort:
         click.echo("meshca: aborted", err=True)
         sys.exit(1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ca.cli.common import CliState, pass_state
+from ca.cli.common import CliState, MeshcaGroup, pass_state
 
 
-@click.group()
+@click.group(cls=MeshcaGroup)
 def root() -> None:
     """Trusted roots and the trust bundle."""
 

@@ -3,6 +3,7 @@ where settings come from (flags > MESHCA_* environment > TOML config file > defa
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -127,6 +128,21 @@ def test_settings_come_from_flags_then_env_then_config_file(meshca: Meshca, tmp_
 
     assert not (tmp_path / "meshca.db").exists()
     assert not (tmp_path / "meshca.kek").exists()
+
+
+def test_connection_options_work_after_the_command_name(meshca: Meshca, tmp_path: Path) -> None:
+    """`meshca audit certs --db URL` works as well as `meshca --db URL audit certs`; given both
+    ways, the one after the command name wins."""
+    meshca("ca", "init", "--db", "sqlite:///./after.db", "--kek-file", "after.kek")
+    assert (tmp_path / "after.db").is_file()
+    assert (tmp_path / "after.kek").is_file()
+
+    status = meshca(
+        "--db", "sqlite:///./absent.db", "ca", "status", "--format", "json",
+        "--db", "sqlite:///./after.db",
+    )  # fmt: skip
+    assert json.loads(status.stdout)["trust_domain"] == "cluster.local"
+    assert not (tmp_path / "absent.db").exists()
 
 
 @pytest.mark.parametrize(
