@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from spiffe import TrustDomain
 from sqlalchemy import Engine
 
 from ca.cacerts import load_cacerts
@@ -94,7 +95,7 @@ class CaRuntime:
             signer = load_cacerts(from_dir, now=now)
             rows = _authorities_of(signer)
         else:
-            root, signer = self._generate(trust_domain_name=trust_domain.name, now=now)
+            root, signer = self._generate(trust_domain, now=now)
             rows = _authorities_of(signer, root_key=root.private_key)
         kek_path = self.settings.kek_file
         kek_created = None
@@ -107,9 +108,9 @@ class CaRuntime:
         return InitOutcome(self.authorities.require_identity(), True, kek_created, signer.key_id)
 
     def _generate(
-        self, *, trust_domain_name: str, now: datetime
+        self, trust_domain: TrustDomain, *, now: datetime
     ) -> tuple[SigningAuthority, SigningAuthority]:
-        trust_domain = parse_trust_domain(trust_domain_name)
+        """A new root and an intermediate under it."""
         key_type = KeyType(self.settings.key_type)
         root = build_root(
             trust_domain, generate_private_key(key_type), now=now, ttl=self.settings.root_ttl
