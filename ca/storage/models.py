@@ -115,9 +115,10 @@ class IssuedCert(Base):
 
     __table_args__ = (
         Index("ix_issued_certs_spiffe_id_issued_at", "spiffe_id", "issued_at"),
+        Index("ix_issued_certs_ns_issued_at", "namespace", "issued_at"),
         Index("ix_issued_certs_ns_sa_issued_at", "namespace", "service_account", "issued_at"),
-        Index("ix_issued_certs_issuer_not_after", "issuer_key_id", "not_after"),
-        Index("ix_issued_certs_not_after", "not_after"),
+        Index("ix_issued_certs_issuer_issued_at", "issuer_key_id", "issued_at"),
+        Index("ix_issued_certs_not_after_issuer", "not_after", "issuer_key_id"),
         Index("ix_issued_certs_issued_at", "issued_at"),
     )
 

@@ -77,15 +77,18 @@ def upgrade() -> None:
     op.create_index(
         "ix_issued_certs_spiffe_id_issued_at", "issued_certs", ["spiffe_id", "issued_at"]
     )
+    op.create_index("ix_issued_certs_ns_issued_at", "issued_certs", ["namespace", "issued_at"])
     op.create_index(
         "ix_issued_certs_ns_sa_issued_at",
         "issued_certs",
         ["namespace", "service_account", "issued_at"],
     )
     op.create_index(
-        "ix_issued_certs_issuer_not_after", "issued_certs", ["issuer_key_id", "not_after"]
+        "ix_issued_certs_issuer_issued_at", "issued_certs", ["issuer_key_id", "issued_at"]
     )
-    op.create_index("ix_issued_certs_not_after", "issued_certs", ["not_after"])
+    op.create_index(
+        "ix_issued_certs_not_after_issuer", "issued_certs", ["not_after", "issuer_key_id"]
+    )
     op.create_index("ix_issued_certs_issued_at", "issued_certs", ["issued_at"])
     op.create_table(
         "denied_requests",

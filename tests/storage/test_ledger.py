@@ -422,6 +422,14 @@ def test_prune_deletes_exactly_the_rows_expired_before_the_cutoff(filled: Ledger
     assert serials(filled.certs(LedgerQuery())) == [S3, S2]
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_prune_in_chunks_deletes_every_expired_row(filled: Ledger, chunk: int) -> None:
+    # Three rows expired before T0+2h (S5, S1, S4); chunks of 1, 2 and 3 (== the count,
+    # which needs one more empty round) all delete exactly those and report the total.
+    assert filled.prune(T0 + 2 * 60 * MINUTE, chunk=chunk) == 3
+    assert serials(filled.certs(LedgerQuery())) == [S3, S2]
+
+
 def test_prune_of_an_empty_ledger_deletes_nothing(ledger: Ledger) -> None:
     assert ledger.prune(T0 + timedelta(days=365)) == 0
 
