@@ -1,7 +1,7 @@
 """Audit query latency on a large ledger (default ten million issued rows).
 
 Not a timed test: run it and read the figures. It fills a fresh database (SQLite by default;
-``--db`` for PostgreSQL) with synthetic ledger rows spread over a year of issuance (20
+``--db`` for PostgreSQL) with synthetic ledger rows issued in time order over a year (20
 namespaces, 2,000 service accounts, 3 issuing keys, 24h certificates), then times each audit
 query shape ``meshca audit`` runs, plus prune and the per-issuer active count, as the median of
 several runs. As a same-process baseline it also times a full scan (``count(*)`` of a filter on
@@ -37,13 +37,17 @@ YEAR = timedelta(days=365)
 ISSUERS = ["a" * 32, "b" * 32, "c" * 32]
 
 
-def synthetic_rows(count: int, seed: int) -> tuple[list[IssuedRecord], list[DeniedRecord]]:
-    rng = random.Random(seed)
+def synthetic_rows(
+    start: int, count: int, total: int
+) -> tuple[list[IssuedRecord], list[DeniedRecord]]:
+    """Rows ``start`` to ``start + count`` of ``total``, issued in time order over the year
+    before NOW, as a CA writes them."""
+    rng = random.Random(start)
     issued, denied = [], []
-    for _ in range(count):
+    for index in range(start, start + count):
         ns = f"ns{rng.randrange(20)}"
         sa = f"sa{rng.randrange(100)}"
-        at = NOW - YEAR * rng.random()
+        at = NOW - YEAR + YEAR * (index / total)
         issued.append(
             IssuedRecord(
                 serial=f"{rng.getrandbits(128):032x}",
@@ -86,7 +90,7 @@ def synthetic_rows(count: int, seed: int) -> tuple[list[IssuedRecord], list[Deni
 def fill(ledger: Ledger, rows: int, batch: int) -> float:
     start = time.perf_counter()
     for done in range(0, rows, batch):
-        issued, denied = synthetic_rows(min(batch, rows - done), seed=done)
+        issued, denied = synthetic_rows(done, min(batch, rows - done), rows)
         ledger.record(issued, denied)
         if done and done % (batch * 20) == 0:
             rate = done / (time.perf_counter() - start)
@@ -122,6 +126,7 @@ def main() -> None:
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
 
+    known_serial = ledger.certs(LedgerQuery(until=NOW - YEAR / 2, limit=1))[0].serial
     queries: dict[str, Callable[[], Any]] = {
         "certs (newest 100)": lambda: ledger.certs(LedgerQuery()),
         "certs --spiffe-id": lambda: ledger.certs(
@@ -131,7 +136,7 @@ def main() -> None:
         "certs --namespace --service-account": lambda: ledger.certs(
             LedgerQuery(namespace="ns7", service_account="sa9")
         ),
-        "certs --serial": lambda: ledger.cert(f"{random.Random(0).getrandbits(128):032x}"),
+        "certs --serial": lambda: ledger.cert(known_serial),
         "certs --issuer": lambda: ledger.certs(LedgerQuery(issuer_key_id=ISSUERS[1])),
         "certs --active": lambda: ledger.certs(LedgerQuery(active_at=NOW)),
         "certs --expiring-within 1h": lambda: ledger.certs(
