@@ -7,12 +7,13 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from spiffe import TrustDomain
-from sqlalchemy import Engine, insert, inspect, select
+from sqlalchemy import Engine, Select, case, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from ca.core.authority import SigningAuthority
@@ -176,18 +177,9 @@ class AuthorityStore:
                 f"but the KEK given has id {kek.id}",
             )
         with database_errors("loading the signing key"), self.engine.connect() as conn:
-            rows = list(
-                conn.execute(
-                    select(Authority)
-                    .where(Authority.state == AuthorityState.ACTIVE.value)
-                    .where(Authority.encrypted_key.is_not(None))
-                    .order_by(Authority.created_at.desc())
-                ).all()
-            )
-        rows.sort(key=lambda r: r.role != AuthorityRole.INTERMEDIATE.value)
-        if not rows:
+            row = conn.execute(_signer(select(Authority))).first()
+        if row is None:
             raise ConfigurationError("no_signing_key", "no active CA authority holds a signing key")
-        row = rows[0]
         der = kek.decrypt(row.encrypted_key, row.id.encode())
         return SigningAuthority(
             x509.load_pem_x509_certificate(row.certificate_pem.encode()),
@@ -206,12 +198,21 @@ class AuthorityStore:
                 .where(Authority.state.in_(trusted))
                 .order_by(Authority.created_at)
             ).all()
+            signing_key_id = conn.execute(_signer(select(Authority.id))).scalar()
         roots = tuple(x509.load_pem_x509_certificate(r.certificate_pem.encode()) for r in rows)
-        signing = [a for a in self.authorities() if a.state is AuthorityState.ACTIVE and a.has_key]
-        signing.sort(key=lambda a: a.role is not AuthorityRole.INTERMEDIATE)
-        return TrustBundle(
-            ident.trust_domain, ident.bundle_sequence, roots, signing[0].id if signing else None
-        )
+        return TrustBundle(ident.trust_domain, ident.bundle_sequence, roots, signing_key_id)
+
+
+def _signer(query: Select[Any]) -> Select[Any]:
+    """Narrow ``query`` to the authority that signs workload certificates: active, holding a
+    key, an intermediate before a root, the newest first."""
+    intermediate_first = case((Authority.role == AuthorityRole.INTERMEDIATE.value, 0), else_=1)
+    return (
+        query.where(Authority.state == AuthorityState.ACTIVE.value)
+        .where(Authority.encrypted_key.is_not(None))
+        .order_by(intermediate_first, Authority.created_at.desc())
+        .limit(1)
+    )
 
 
 def _authority_row(
