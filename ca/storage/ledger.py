@@ -9,7 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Delete, Engine, Select, delete, func, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Engine,
+    Select,
+    UnaryExpression,
+    delete,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ca.core.errors import Unavailable
@@ -112,28 +122,58 @@ class Ledger:
             return list(conn.execute(stmt).all())
 
 
+# The (columns, time) indexes that serve newest-first queries filtered by those columns, in the
+# order they are preferred when a query's filters cover several.
+_CERT_ORDER_INDEXES = (
+    ("spiffe_id",),
+    ("namespace", "service_account"),
+    ("namespace",),
+    ("issuer_key_id",),
+)
+_DENIED_ORDER_INDEXES = (("spiffe_id",), ("namespace", "service_account"))
+
+
 def certs_statement(query: LedgerQuery) -> Select[Any]:
     """The SELECT behind ``audit certs``."""
-    t = IssuedCert.__table__.c
-    conditions = _common_filters(query, t.spiffe_id, t.namespace, t.service_account, t.issued_at)
-    if query.serial is not None:
-        conditions.append(t.serial == normalise_serial(query.serial))
-    if query.issuer_key_id is not None:
-        conditions.append(t.issuer_key_id == query.issuer_key_id)
+    table = IssuedCert.__table__
+    t = table.c
+    serial = normalise_serial(query.serial) if query.serial is not None else None
+    conditions, lead = _equal_filters(
+        table,
+        {
+            "spiffe_id": query.spiffe_id,
+            "namespace": query.namespace,
+            "service_account": query.service_account,
+            "issuer_key_id": query.issuer_key_id,
+            "serial": serial,
+        },
+        _CERT_ORDER_INDEXES,
+    )
+    conditions += _time_range(query, t.issued_at)
     if query.active_at is not None:
         conditions += [t.not_after > query.active_at, t.not_before <= query.active_at]
     if query.expiring_before is not None:
         conditions.append(t.not_after <= query.expiring_before)
     stmt = select(*[t[name] for name in _ISSUED_FIELDS]).where(*conditions)
-    return stmt.order_by(t.issued_at.desc(), t.serial).limit(query.limit)
+    return stmt.order_by(*lead, t.issued_at.desc(), t.serial).limit(query.limit)
 
 
 def denied_statement(query: LedgerQuery) -> Select[Any]:
     """The SELECT behind ``audit denied``."""
-    t = DeniedRequest.__table__.c
-    conditions = _common_filters(query, t.spiffe_id, t.namespace, t.service_account, t.denied_at)
+    table = DeniedRequest.__table__
+    t = table.c
+    conditions, lead = _equal_filters(
+        table,
+        {
+            "spiffe_id": query.spiffe_id,
+            "namespace": query.namespace,
+            "service_account": query.service_account,
+        },
+        _DENIED_ORDER_INDEXES,
+    )
+    conditions += _time_range(query, t.denied_at)
     stmt = select(*[t[name] for name in _DENIED_FIELDS]).where(*conditions)
-    return stmt.order_by(t.denied_at.desc(), t.id.desc()).limit(query.limit)
+    return stmt.order_by(*lead, t.denied_at.desc(), t.id.desc()).limit(query.limit)
 
 
 def active_counts_statement(now: datetime) -> Select[Any]:
@@ -158,20 +198,32 @@ def _row(record: Any, fields: list[str]) -> dict[str, Any]:
     return {name: getattr(record, name) for name in fields}
 
 
-def _common_filters(
-    query: LedgerQuery,
-    spiffe_id: ColumnElement[Any],
-    namespace: ColumnElement[Any],
-    service_account: ColumnElement[Any],
-    at: ColumnElement[Any],
-) -> list[ColumnElement[bool]]:
+def _equal_filters(
+    table: Any, equal: dict[str, Any], order_indexes: Sequence[tuple[str, ...]]
+) -> tuple[list[ColumnElement[bool]], list[UnaryExpression[Any]]]:
+    """Equality filters (``None`` values are no filter), and the columns to lead ORDER BY with.
+
+    The filters on the first of ``order_indexes`` that they cover are written as closed ranges
+    (``c >= v AND c <= v``: the same rows) and lead ORDER BY (the same order: they are fixed).
+    Then only that (columns, time) index delivers the order. Written as ``c = v`` they are
+    constants to PostgreSQL, which may instead walk the global time index backwards past every
+    newer row: cheap by its estimate that values spread evenly over time, ruinous for values
+    whose rows all lie in the past, such as a retired issuer or a deleted namespace.
+    """
+    given = {name: value for name, value in equal.items() if value is not None}
+    lead = next((index for index in order_indexes if all(c in given for c in index)), ())
     conditions: list[ColumnElement[bool]] = []
-    if query.spiffe_id is not None:
-        conditions.append(spiffe_id == query.spiffe_id)
-    if query.namespace is not None:
-        conditions.append(namespace == query.namespace)
-    if query.service_account is not None:
-        conditions.append(service_account == query.service_account)
+    for name, value in given.items():
+        column = table.c[name]
+        if name in lead:
+            conditions += [column >= value, column <= value]
+        else:
+            conditions.append(column == value)
+    return conditions, [table.c[name].desc() for name in lead]
+
+
+def _time_range(query: LedgerQuery, at: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
     if query.since is not None:
         conditions.append(at >= query.since)
     if query.until is not None:
