@@ -203,19 +203,21 @@ def _equal_filters(
 ) -> tuple[list[ColumnElement[bool]], list[UnaryExpression[Any]]]:
     """Equality filters (``None`` values are no filter), and the columns to lead ORDER BY with.
 
-    The filters on the first of ``order_indexes`` that they cover are written as closed ranges
-    (``c >= v AND c <= v``: the same rows) and lead ORDER BY (the same order: they are fixed).
-    Then only that (columns, time) index delivers the order. Written as ``c = v`` they are
-    constants to PostgreSQL, which may instead walk the global time index backwards past every
-    newer row: cheap by its estimate that values spread evenly over time, ruinous for values
-    whose rows all lie in the past, such as a retired issuer or a deleted namespace.
+    The filters on the first of ``order_indexes`` that they cover lead ORDER BY (the same
+    order: they are fixed), and the last of them is written as a closed range (``c >= v AND
+    c <= v``: the same rows). Then only that (columns, time) index delivers the order. Written
+    as ``c = v`` it would be a constant to PostgreSQL, which may instead walk the global time
+    index backwards past every newer row: cheap by its estimate that values spread evenly over
+    time, ruinous for values whose rows all lie in the past, such as a retired issuer or a
+    deleted namespace. Only the last is a range because SQLite seeks on equalities and one
+    range, in index order.
     """
     given = {name: value for name, value in equal.items() if value is not None}
     lead = next((index for index in order_indexes if all(c in given for c in index)), ())
     conditions: list[ColumnElement[bool]] = []
     for name, value in given.items():
         column = table.c[name]
-        if name in lead:
+        if lead and name == lead[-1]:
             conditions += [column >= value, column <= value]
         else:
             conditions.append(column == value)
