@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml
 
 ## run: set up, initialise the CA on the embedded SQLite default if needed, and start it.
 run: $(STAMP)
-	$(BIN)/meshca db upgrade
-	$(BIN)/meshca ca init --exist-ok
+	$(BIN)/meshca ca init --exist-ok   # migrates the schema, then creates the CA if needed
 	$(BIN)/meshca ca status
 	$(BIN)/meshca root bundle
 

@@ -15,9 +15,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ca.core.csr_policy import DEFAULT_TTL, MAX_TTL
 from ca.core.durations import format_duration, parse_duration
 from ca.core.errors import ConfigurationError, InvalidRequest
 from ca.core.identity import parse_trust_domain
+from ca.core.issuer import DEFAULT_BACKDATE
 from ca.core.keys import KeyType
 from ca.storage.engine import DEFAULT_DB_URL
 
@@ -44,11 +46,9 @@ class Settings(BaseSettings):
     intermediate_ttl: Duration = Field(
         timedelta(days=365), description="lifetime of a new intermediate"
     )
-    default_ttl: Duration = Field(timedelta(hours=24), description="default SVID lifetime")
-    max_ttl: Duration = Field(timedelta(days=90), description="maximum SVID lifetime")
-    backdate: Duration = Field(
-        timedelta(seconds=60), description="NotBefore backdating for clock skew"
-    )
+    default_ttl: Duration = Field(DEFAULT_TTL, description="default SVID lifetime")
+    max_ttl: Duration = Field(MAX_TTL, description="maximum SVID lifetime")
+    backdate: Duration = Field(DEFAULT_BACKDATE, description="NotBefore backdating for clock skew")
 
     @field_validator("trust_domain")
     @classmethod

@@ -20,6 +20,8 @@ from ca.core.identity import WorkloadIdentity
 from ca.core.keys import MIN_RSA_BITS, describe_key
 
 MAX_CSR_BYTES = 64 * 1024
+DEFAULT_TTL = timedelta(hours=24)
+MAX_TTL = timedelta(days=90)
 MAX_RSA_BITS = 8192
 _ACCEPTED_CURVES = ("secp256r1", "secp384r1")
 
@@ -45,8 +47,8 @@ class ValidatedCsr:
 class TtlPolicy:
     """Default and maximum certificate lifetimes; a request over the maximum is refused."""
 
-    default: timedelta = timedelta(hours=24)
-    maximum: timedelta = timedelta(days=90)
+    default: timedelta = DEFAULT_TTL
+    maximum: timedelta = MAX_TTL
 
     def resolve(self, requested: timedelta | None) -> timedelta:
         """The lifetime to issue for ``requested`` (``None`` or zero means the default)."""

@@ -35,11 +35,6 @@ def parse_spiffe_id(text: str) -> SpiffeId:
         raise InvalidRequest("invalid_spiffe_id", f"invalid SPIFFE ID {text!r}: {exc}") from exc
 
 
-def trust_domain_id(trust_domain: TrustDomain) -> str:
-    """The trust domain's own SPIFFE ID, ``spiffe://<name>`` (no path)."""
-    return trust_domain.as_spiffe_id()
-
-
 @dataclass(frozen=True, slots=True)
 class WorkloadIdentity:
     """Who a certificate is for: a SPIFFE ID plus the Kubernetes facts known about it."""

@@ -89,18 +89,3 @@ class SvidBuilder:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         )
         return builder.sign(self._private_key, self._hash)
-
-
-def build_svid(
-    signer: SigningAuthority,
-    public_key: CertificatePublicKeyTypes,
-    spiffe_id: SpiffeId,
-    *,
-    serial: int,
-    not_before: datetime,
-    not_after: datetime,
-) -> x509.Certificate:
-    """One-off form of :meth:`SvidBuilder.build`."""
-    return SvidBuilder(signer).build(
-        public_key, spiffe_id, serial=serial, not_before=not_before, not_after=not_after
-    )

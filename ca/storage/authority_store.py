@@ -22,7 +22,7 @@ from ca.core.errors import ConfigurationError
 from ca.core.kek import KeyEncryptionKey
 from ca.core.keys import key_id, key_type_of, private_key_from_der, private_key_to_der
 from ca.core.lifecycle import AuthorityRole, AuthorityState
-from ca.storage.ledger import database_errors
+from ca.storage.errors import database_errors
 from ca.storage.models import Authority, CaState
 
 _CA_STATE_ID = 1

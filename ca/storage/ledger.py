@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,28 +19,15 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ca.core.errors import Unavailable
 from ca.core.records import DeniedRecord, IssuedRecord
 from ca.core.serials import normalise_serial
+from ca.storage.errors import database_errors
 from ca.storage.models import DeniedRequest, IssuedCert
 
 PRUNE_CHUNK = 10_000
 _ISSUED_FIELDS = [f.name for f in dataclasses.fields(IssuedRecord)]
 _DENIED_FIELDS = [f.name for f in dataclasses.fields(DeniedRecord)]
-
-
-@contextmanager
-def database_errors(action: str) -> Iterator[None]:
-    """Turn a database failure into :class:`Unavailable` (no SQL or parameters in the text)."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        detail = type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__
-        raise Unavailable(
-            "database_unavailable", f"database error while {action}: {detail}"
-        ) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from ca.core.identity import (
     WorkloadIdentity,
     parse_spiffe_id,
     parse_trust_domain,
-    trust_domain_id,
 )
 from tests.factories import TRUST_DOMAIN
 
@@ -164,7 +163,7 @@ def test_parse_trust_domain_accepts_a_name_or_an_id(text: str) -> None:
     trust_domain = parse_trust_domain(text)
 
     assert trust_domain == TrustDomain("cluster.local")
-    assert trust_domain_id(trust_domain) == "spiffe://cluster.local"
+    assert trust_domain.as_spiffe_id() == "spiffe://cluster.local"
 
 
 @pytest.mark.parametrize(
