@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -33,6 +34,29 @@ Duration = Annotated[
 ]
 
 
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+# A list given as "a,b,c" in the environment (or as a TOML array, or repeated flags).
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+
+#: Asymmetric JWT algorithms a Kubernetes API server may sign with; never ``none`` or HMAC.
+JWT_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+)
+
+
 class Settings(BaseSettings):
     """Every knob meshca has. Each field is also ``MESHCA_<FIELD>`` and a key of the TOML file."""
 
@@ -50,6 +74,65 @@ class Settings(BaseSettings):
     max_ttl: Duration = Field(MAX_TTL, description="maximum SVID lifetime")
     backdate: Duration = Field(DEFAULT_BACKDATE, description="NotBefore backdating for clock skew")
 
+    # --- serving (`meshca ca serve`) ---
+    listen: str = Field("0.0.0.0:15012", description="gRPC address (token-authenticated, TLS)")
+    mtls_listen: str = Field(
+        "0.0.0.0:15013",
+        description="gRPC address for renewal by client certificate (mTLS); 'off' disables it",
+    )
+    metrics_listen: str = Field(
+        "127.0.0.1:15014", description="HTTP address of /metrics, /healthz, /readyz; 'off'"
+    )
+    workers: int | None = Field(
+        None, ge=1, le=256, description="server processes sharing the port [number of cores]"
+    )
+    plaintext: bool = Field(False, description="serve without TLS (loopback development only)")
+    server_dns_names: CommaList = Field(
+        ["localhost", "127.0.0.1"], description="DNS names and IPs in the server's certificate"
+    )
+    server_cert_ttl: Duration = Field(
+        timedelta(hours=24), description="lifetime of the server's own certificate (renewed at half)"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
+
+    # --- caller authentication ---
+    auth: Literal["jwt", "tokenreview"] = Field("jwt", description="how tokens are verified")
+    jwt_issuer: str | None = Field(None, description="required `iss` of service-account tokens")
+    jwt_audiences: CommaList = Field(["istio-ca"], description="accepted `aud` values")
+    jwks: str | None = Field(None, description="JWKS file path or https URL")
+    jwt_public_keys: CommaList = Field([], description="PEM public key files")
+    oidc_discovery: str | None = Field(
+        None, description="issuer URL whose /.well-known/openid-configuration names the JWKS"
+    )
+    jwks_ca_file: Path | None = Field(None, description="CA bundle to verify JWKS/OIDC servers")
+    jwks_refresh_interval: Duration = Field(
+        timedelta(seconds=10), description="minimum time between key-set refetches"
+    )
+    jwt_leeway: Duration = Field(timedelta(seconds=30), description="clock-skew leeway")
+    jwt_algorithms: CommaList = Field(list(JWT_ALGORITHMS), description="allowed algorithms")
+    allow_legacy_tokens: bool = Field(
+        False, description="accept legacy secret-based tokens (no exp, no aud)"
+    )
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig for TokenReview (default: in-cluster config)"
+    )
+    tokenreview_cache_ttl: Duration = Field(
+        timedelta(seconds=10), description="how long a TokenReview result is reused"
+    )
+    token_cache_size: int = Field(10_000, ge=0, description="verified tokens kept (0: none)")
+
+    # --- admission ---
+    rate_limit_per_caller: float = Field(10.0, gt=0, description="requests/s per pod or identity")
+    rate_limit_per_caller_burst: int = Field(50, ge=1, description="burst per pod or identity")
+    rate_limit_global: float = Field(10_000.0, gt=0, description="requests/s for the process")
+    rate_limit_global_burst: int = Field(20_000, ge=1, description="global burst")
+    deny_identities: CommaList = Field(
+        [], description="SPIFFE IDs refused (a trailing /* denies a path prefix)"
+    )
+    bundle_refresh_interval: Duration = Field(
+        timedelta(seconds=1), description="how often the database is checked for CA changes"
+    )
+
     @field_validator("trust_domain")
     @classmethod
     def _valid_trust_domain(cls, value: str) -> str:
@@ -57,6 +140,19 @@ class Settings(BaseSettings):
             return parse_trust_domain(value).name
         except InvalidRequest as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric_algorithms(cls, value: list[str]) -> list[str]:
+        refused = [a for a in value if a not in JWT_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"algorithm(s) {', '.join(refused)} not allowed; choose from "
+                + ", ".join(JWT_ALGORITHMS)
+            )
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        return value
 
     @classmethod
     def settings_customise_sources(
