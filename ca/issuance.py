@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from ca.core.errors import MeshcaError
+from ca.core.identity import WorkloadIdentity
 from ca.core.issuer import IssuanceRequest, IssuedSvid, Issuer, deny_record
 from ca.core.records import DeniedRecord, IssuedRecord
 from ca.storage.ledger import Ledger
@@ -55,6 +59,29 @@ class IssuanceService:
     def issue_batch(self, requests: Sequence[IssuanceRequest]) -> list[Result]:
         """Issue many SVIDs with one ledger transaction; each result is the SVID or its refusal."""
         return self.commit(self.sign(requests))
+
+    def issue_serving(
+        self,
+        public_key: CertificatePublicKeyTypes,
+        identity: WorkloadIdentity,
+        extra_names: Sequence[x509.GeneralName],
+        ttl: timedelta,
+        *,
+        requester: str,
+        request_id: str,
+    ) -> IssuedSvid:
+        """Issue and record the CA server's own certificate (see :meth:`Issuer.issue_serving`)."""
+        svid = self.issuer.issue_serving(
+            public_key,
+            identity,
+            extra_names,
+            ttl,
+            self.clock(),
+            requester=requester,
+            request_id=request_id,
+        )
+        self.commit(SignedBatch([svid], [svid.record], []))
+        return svid
 
     def sign(self, requests: Sequence[IssuanceRequest]) -> SignedBatch:
         """Check and sign every request (no I/O)."""

@@ -91,7 +91,8 @@ class Settings(BaseSettings):
         ["localhost", "127.0.0.1"], description="DNS names and IPs in the server's certificate"
     )
     server_cert_ttl: Duration = Field(
-        timedelta(hours=24), description="lifetime of the server's own certificate (renewed at half)"
+        timedelta(hours=24),
+        description="lifetime of the server's own certificate (renewed at half)",
     )
     log_format: Literal["text", "json"] = Field("text", description="log line format")
 

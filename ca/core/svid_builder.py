@@ -10,6 +10,7 @@ A :class:`SvidBuilder` is made once per signing authority: what every leaf of th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
@@ -74,8 +75,13 @@ class SvidBuilder:
         serial: int,
         not_before: datetime,
         not_after: datetime,
+        extra_names: Sequence[x509.GeneralName] = (),
     ) -> x509.Certificate:
-        """Sign an X.509-SVID for ``spiffe_id`` over ``public_key``."""
+        """Sign an X.509-SVID for ``spiffe_id`` over ``public_key``.
+
+        ``extra_names`` (DNS names, IP addresses) follow the one URI SAN; the SPIFFE spec allows
+        them, and the CA's own serving certificate needs them. Workload SVIDs carry none.
+        """
         builder = (
             self._base.public_key(public_key)
             .serial_number(serial)
@@ -83,7 +89,9 @@ class SvidBuilder:
             .not_valid_after(not_after)
             .add_extension(leaf_key_usage(public_key), critical=True)
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]),
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(str(spiffe_id)), *extra_names]
+                ),
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)

@@ -10,6 +10,7 @@ issuer (its public key, key identifier, name and validity) is parsed once, not p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -55,9 +56,11 @@ class SvidValidator:
         *,
         now: datetime,
         public_key: CertificatePublicKeyTypes | None = None,
+        extra_names: Sequence[x509.GeneralName] = (),
     ) -> None:
         """Raise :class:`InternalError` unless ``leaf`` is a conforming SVID for
-        ``spiffe_id`` (over ``public_key``, when given), signed by this issuer and valid at
+        ``spiffe_id`` (and exactly ``extra_names`` besides, in that order) over ``public_key``
+        (when given), signed by this issuer and valid at
         ``now``."""
         if leaf.version is not x509.Version.v3:
             raise _fail("not an X.509 v3 certificate")
@@ -66,7 +69,7 @@ class SvidValidator:
         if leaf.serial_number <= 0 or leaf.serial_number.bit_length() > _MAX_SERIAL_BITS:
             raise _fail("serial number must be positive and at most 20 octets")
         seen = {ext.oid: ext for ext in leaf.extensions}
-        _check_san(seen.get(ExtensionOID.SUBJECT_ALTERNATIVE_NAME), spiffe_id)
+        _check_san(seen.get(ExtensionOID.SUBJECT_ALTERNATIVE_NAME), spiffe_id, extra_names)
         _check_constraints(seen)
         self._check_key_ids(leaf, seen, public_key)
         self._check_validity(leaf, now)
@@ -146,14 +149,22 @@ def _value(
     return value
 
 
-def _check_san(ext: x509.Extension[x509.ExtensionType] | None, spiffe_id: SpiffeId) -> None:
+def _check_san(
+    ext: x509.Extension[x509.ExtensionType] | None,
+    spiffe_id: SpiffeId,
+    extra_names: Sequence[x509.GeneralName],
+) -> None:
     if ext is None:
         raise _fail("missing SubjectAlternativeName")
     if not ext.critical:
         raise _fail("SAN must be critical when the subject is empty")
     assert isinstance(ext.value, x509.SubjectAlternativeName)
     names = list(ext.value)
-    if len(names) != 1 or not isinstance(names[0], x509.UniformResourceIdentifier):
+    if names[1:] != list(extra_names) or any(
+        isinstance(n, x509.UniformResourceIdentifier) for n in extra_names
+    ):
+        raise _fail("SAN must hold exactly one URI and only the expected other names")
+    if not names or not isinstance(names[0], x509.UniformResourceIdentifier):
         raise _fail("SAN must hold exactly one URI and nothing else")
     if names[0].value != str(spiffe_id):
         raise _fail(f"URI SAN {names[0].value!r} is not {spiffe_id}")

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from spiffe import TrustDomain
-from sqlalchemy import Engine, Select, case, insert, inspect, select
+from sqlalchemy import Engine, Select, case, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ca.core.authority import SigningAuthority
@@ -97,6 +97,13 @@ class AuthorityStore:
             TrustDomain(row.trust_domain), row.kek_id, row.bundle_sequence, row.created_at
         )
 
+    def bundle_sequence(self) -> int | None:
+        """The bundle sequence alone (a cheap query servers poll), ``None`` if uninitialised."""
+        with database_errors("reading the bundle sequence"), self.engine.connect() as conn:
+            return conn.execute(
+                select(CaState.bundle_sequence).where(CaState.id == _CA_STATE_ID)
+            ).scalar()
+
     def require_identity(self) -> CaIdentity:
         ident = self.identity()
         if ident is None:
@@ -136,6 +143,46 @@ class AuthorityStore:
                 raise ConfigurationError(
                     "already_initialised", "the CA is already initialised in this database"
                 ) from exc
+
+    def prepare(
+        self,
+        kek: KeyEncryptionKey,
+        authorities: Sequence[NewAuthority],
+        *,
+        actor: str,
+        now: datetime,
+    ) -> int:
+        """Add ``authorities`` in state PREPARED: trusted (in the bundle) but not signing yet.
+        Bumps the bundle sequence in the same transaction; returns the new sequence."""
+        ident = self.require_identity()
+        if kek.id != ident.kek_id:
+            raise ConfigurationError(
+                "kek_mismatch", f"the CA keys are encrypted under KEK {ident.kek_id}, not {kek.id}"
+            )
+        rows = [
+            {**_authority_row(new, kek, actor, now), "state": AuthorityState.PREPARED.value}
+            for new in authorities
+        ]
+        with database_errors("preparing a CA authority"), self.engine.begin() as conn:
+            conn.execute(insert(Authority), rows)
+            return int(
+                conn.execute(
+                    update(CaState)
+                    .where(CaState.id == _CA_STATE_ID)
+                    .values(bundle_sequence=CaState.bundle_sequence + 1, updated_at=now)
+                    .returning(CaState.bundle_sequence)
+                ).scalar_one()
+            )
+
+    def trusted_issuers(self) -> list[x509.Certificate]:
+        """Every CA certificate (root or intermediate) in a trusted state: what a client
+        certificate of this CA may be signed by."""
+        trusted = [s.value for s in AuthorityState if s.trusted]
+        with database_errors("reading CA authorities"), self.engine.connect() as conn:
+            pems = conn.execute(
+                select(Authority.certificate_pem).where(Authority.state.in_(trusted))
+            ).scalars()
+            return [x509.load_pem_x509_certificate(pem.encode()) for pem in pems]
 
     def authorities(self) -> list[AuthorityInfo]:
         """Every stored authority, roots first, oldest first."""

@@ -1,0 +1,215 @@
+"""One serving process: the gRPC ports, the authority watch, the issuance queue and the
+server's own certificate, wired from :class:`Settings`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from ca.api.methods import (
+    BUNDLE_SERVICE,
+    CERTIFICATE_SERVICE,
+    CertificateRequest,
+    CertificateResponse,
+    TrustBundleMessage,
+    WatchBundleRequest,
+)
+from ca.auth.verified import TokenVerifier
+from ca.core.deny_list import DenyList
+from ca.core.rate_limit import RateLimiter
+from ca.issuance import Clock, utc_now
+from ca.runtime import CaRuntime
+from ca.server.authority_watch import AuthorityWatch
+from ca.server.bundle_service import BundleService
+from ca.server.callers import Admission, CallerAuthenticator
+from ca.server.certificate_service import CertificateService
+from ca.server.issuance_queue import IssuanceQueue
+from ca.server.server_tls import ServerCertificate
+from ca.settings import Settings
+
+log = logging.getLogger(__name__)
+
+OFF = "off"
+_SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.max_receive_message_length", 256 * 1024),
+]
+
+
+class CaServer:
+    """Serves CreateCertificate and WatchBundle until stopped."""
+
+    def __init__(
+        self, settings: Settings, verifier: TokenVerifier, *, clock: Clock = utc_now
+    ) -> None:
+        self.settings = settings
+        self.runtime = CaRuntime(settings)
+        self._verifier = verifier
+        self._clock = clock
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.watch: AuthorityWatch | None = None
+        self.port: int | None = None
+        self.mtls_port: int | None = None
+        self._health = HealthServicer()
+
+    async def start(self) -> None:
+        """Load the CA, bind the ports and start serving; raises when the CA cannot serve."""
+        settings = self.settings
+        runtime = self.runtime
+        watch = AuthorityWatch(
+            runtime.authorities,
+            runtime.ledger,
+            runtime.kek(),
+            runtime.ttl_policy(),
+            backdate=settings.backdate,
+            clock=self._clock,
+        )
+        self.watch = watch
+        snapshot = await watch.load()
+        queue = IssuanceQueue(lambda: watch.current.service)
+        authenticator = CallerAuthenticator(
+            self._verifier, lambda: watch.current.issuers, snapshot.bundle.trust_domain, self._clock
+        )
+        admission = Admission(
+            DenyList(settings.deny_identities),
+            RateLimiter(
+                per_caller_rate=settings.rate_limit_per_caller,
+                per_caller_burst=settings.rate_limit_per_caller_burst,
+                global_rate=settings.rate_limit_global,
+                global_burst=settings.rate_limit_global_burst,
+            ),
+        )
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server.add_generic_rpc_handlers(
+            (
+                _certificate_handler(
+                    CertificateService(authenticator, admission, queue, self._clock)
+                ),
+                _bundle_handler(BundleService(authenticator, watch)),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._tasks.append(self._spawn(queue.run(), "issuance queue"))
+        await self._bind(server, watch)
+        await server.start()
+        self._server = server
+        self._tasks.append(self._spawn(self._watch_loop(watch), "authority watch"))
+        await self._set_health(serving=True)
+        log.info(
+            "serving",
+            extra={
+                "trust_domain": snapshot.bundle.trust_domain.name,
+                "port": self.port,
+                "mtls_port": self.mtls_port,
+                "tls": not settings.plaintext,
+                "signing_key_id": snapshot.bundle.signing_key_id,
+            },
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when the database answered the last check and a signing key is loaded."""
+        if self._server is None or self.watch is None:
+            return False, "starting"
+        if not self.watch.healthy:
+            return False, "database not answering"
+        return True, f"ready: signing with {self.watch.current.bundle.signing_key_id}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Refuse new calls, let calls in flight finish for ``grace`` seconds, then stop."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def _bind(self, server: grpc.aio.Server, watch: AuthorityWatch) -> None:
+        settings = self.settings
+        if settings.plaintext:
+            log.warning(
+                "serving WITHOUT TLS (--plaintext): tokens and certificates cross the network "
+                "in the clear; use this on loopback for development and tests only"
+            )
+            self.port = server.add_insecure_port(settings.listen)
+            return
+        certificate = ServerCertificate(
+            watch, settings.server_dns_names, settings.server_cert_ttl, self._clock
+        )
+        await certificate.issue()
+        self._tasks.append(self._spawn(certificate.run(), "server certificate renewal"))
+        self.port = server.add_secure_port(
+            settings.listen, certificate.credentials(require_client_certificate=False)
+        )
+        if settings.mtls_listen != OFF:
+            self.mtls_port = server.add_secure_port(
+                settings.mtls_listen, certificate.credentials(require_client_certificate=True)
+            )
+
+    async def _watch_loop(self, watch: AuthorityWatch) -> None:
+        interval = self.settings.bundle_refresh_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            was_healthy = watch.healthy
+            await watch.check()
+            if watch.healthy != was_healthy:
+                await self._set_health(serving=watch.healthy)
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", CERTIFICATE_SERVICE, BUNDLE_SERVICE):
+            await self._health.set(service, status)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(_report_crash)
+        return task
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped", task.get_name(), exc_info=task.exception())
+
+
+def _certificate_handler(service: CertificateService) -> grpc.GenericRpcHandler[Any, Any]:
+    return grpc.method_handlers_generic_handler(
+        CERTIFICATE_SERVICE,
+        {
+            "CreateCertificate": grpc.unary_unary_rpc_method_handler(
+                service.create_certificate,
+                request_deserializer=CertificateRequest.FromString,
+                response_serializer=CertificateResponse.SerializeToString,
+            )
+        },
+    )
+
+
+def _bundle_handler(service: BundleService) -> grpc.GenericRpcHandler[Any, Any]:
+    return grpc.method_handlers_generic_handler(
+        BUNDLE_SERVICE,
+        {
+            "WatchBundle": grpc.unary_stream_rpc_method_handler(
+                service.watch_bundle,
+                request_deserializer=WatchBundleRequest.FromString,
+                response_serializer=TrustBundleMessage.SerializeToString,
+            )
+        },
+    )

@@ -1,0 +1,52 @@
+"""The CA server's Prometheus metrics.
+
+With ``--workers N`` each worker process writes its samples to ``PROMETHEUS_MULTIPROC_DIR`` and
+the supervisor serves their sum (prometheus-client's multiprocess mode); gauges say how their
+per-process values combine.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CSR_REQUESTS = Counter(
+    "meshca_csr_requests",
+    "CreateCertificate requests by result (issued, or the gRPC status of the refusal)",
+    ["result"],
+)
+AUTH_FAILURES = Counter(
+    "meshca_auth_failures",
+    "Callers refused authentication, by reason",
+    ["reason"],
+)
+REFUSALS = Counter(
+    "meshca_refusals",
+    "Refused CreateCertificate requests by reason (authentication, policy, rate limit, ...)",
+    ["reason"],
+)
+ISSUANCE_LATENCY = Histogram(
+    "meshca_issuance_latency_seconds",
+    "Time from receiving CreateCertificate to answering it with a certificate",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+BUNDLE_WATCHERS = Gauge(
+    "meshca_bundle_watchers",
+    "Open WatchBundle streams",
+    multiprocess_mode="livesum",
+)
+BUNDLE_SEQUENCE = Gauge(
+    "meshca_bundle_sequence",
+    "Sequence number of the trust bundle this server pushes",
+    multiprocess_mode="max",
+)
+CA_EXPIRY = Gauge(
+    "meshca_ca_certificate_expiry_timestamp_seconds",
+    "NotAfter (Unix time) of the signing authority's certificates",
+    ["role", "key_id"],
+    multiprocess_mode="max",
+)
+SERVER_CERT_EXPIRY = Gauge(
+    "meshca_server_certificate_expiry_timestamp_seconds",
+    "NotAfter (Unix time) of the server's own TLS certificate",
+    multiprocess_mode="min",
+)
