@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
+
+from spiffe import TrustDomain
 
 from ca.core.identity import WorkloadIdentity
 
@@ -27,3 +30,7 @@ class TokenVerifier(Protocol):
     """
 
     async def verify(self, token: str) -> VerifiedToken: ...
+
+
+#: Builds the verifier for the CA's trust domain, in the event loop that will use it.
+VerifierFactory = Callable[[TrustDomain], Awaitable[TokenVerifier]]

@@ -12,6 +12,7 @@ import click
 
 from ca.cli.common import DURATION, CliState, MeshcaGroup, pass_state
 from ca.cli.output import iso, table
+from ca.cli.serve_command import serve
 from ca.core.identity import WorkloadIdentity, parse_spiffe_id
 from ca.core.issuer import IssuanceRequest
 from ca.core.keys import CA_KEY_TYPES
@@ -23,6 +24,9 @@ ADMIN_REQUESTER = "admin-cli"
 @click.group(cls=MeshcaGroup)
 def ca() -> None:
     """Create, inspect and use the certificate authority."""
+
+
+ca.add_command(serve)
 
 
 @ca.command()

@@ -17,6 +17,7 @@ from ca.cli.audit_commands import audit
 from ca.cli.ca_commands import ca
 from ca.cli.common import CliState, connection_options
 from ca.cli.db_commands import db
+from ca.cli.dev_commands import dev
 from ca.cli.root_commands import root
 from ca.core.errors import (
     ConfigurationError,
@@ -59,6 +60,7 @@ cli.add_command(ca)
 cli.add_command(root)
 cli.add_command(audit)
 cli.add_command(db)
+cli.add_command(dev)
 
 
 def main(argv: list[str] | None = None) -> Any:

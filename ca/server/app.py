@@ -20,7 +20,7 @@ from ca.api.methods import (
     TrustBundleMessage,
     WatchBundleRequest,
 )
-from ca.auth.verified import TokenVerifier
+from ca.auth.verified import VerifierFactory
 from ca.core.deny_list import DenyList
 from ca.core.rate_limit import RateLimiter
 from ca.issuance import Clock, utc_now
@@ -34,6 +34,7 @@ from ca.server.server_tls import ServerCertificate
 from ca.settings import Settings
 
 log = logging.getLogger(__name__)
+
 
 OFF = "off"
 _SERVER_OPTIONS = [
@@ -49,11 +50,11 @@ class CaServer:
     """Serves CreateCertificate and WatchBundle until stopped."""
 
     def __init__(
-        self, settings: Settings, verifier: TokenVerifier, *, clock: Clock = utc_now
+        self, settings: Settings, verifiers: VerifierFactory, *, clock: Clock = utc_now
     ) -> None:
         self.settings = settings
         self.runtime = CaRuntime(settings)
-        self._verifier = verifier
+        self._verifiers = verifiers
         self._clock = clock
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,8 +78,12 @@ class CaServer:
         self.watch = watch
         snapshot = await watch.load()
         queue = IssuanceQueue(lambda: watch.current.service)
+        trust_domain = snapshot.bundle.trust_domain
         authenticator = CallerAuthenticator(
-            self._verifier, lambda: watch.current.issuers, snapshot.bundle.trust_domain, self._clock
+            await self._verifiers(trust_domain),
+            lambda: watch.current.issuers,
+            trust_domain,
+            self._clock,
         )
         admission = Admission(
             DenyList(settings.deny_identities),

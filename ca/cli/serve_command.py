@@ -1,0 +1,114 @@
+"""``meshca ca serve``: run the CA's gRPC service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ca.auth.factory import verifier_factory
+from ca.cli.common import DURATION, CliState, MeshcaCommand, pass_state
+from ca.core.keys import CA_KEY_TYPES
+from ca.logs import configure_logging
+from ca.server.process import serve as run_server
+from ca.storage import migrate
+
+SERVER_ACTOR = "meshca-server"
+
+
+def _many(values: tuple[str, ...]) -> list[str] | None:
+    """Repeated (or comma-separated) flag values; ``None`` when the flag was not given."""
+    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    return items or None
+
+
+@click.command(cls=MeshcaCommand)
+@click.option(
+    "--listen", help="gRPC address (TLS, token auth). Env: MESHCA_LISTEN. [0.0.0.0:15012]"
+)
+@click.option(
+    "--mtls-listen",
+    help="gRPC address for renewal by client certificate, or 'off'. [0.0.0.0:15013]",
+)
+@click.option(
+    "--metrics-listen",
+    help="/metrics, /healthz, /readyz address, or 'off'. [127.0.0.1:15014]",
+)
+@click.option("--workers", type=click.IntRange(1, 256), help="Server processes. [cores]")
+@click.option(
+    "--plaintext",
+    is_flag=True,
+    default=None,
+    help="Serve WITHOUT TLS. Loopback development and tests only.",
+)
+@click.option(
+    "--server-dns-names",
+    multiple=True,
+    help="DNS names/IPs in the server certificate (repeat or comma-separate). "
+    "[localhost,127.0.0.1]",
+)
+@click.option("--server-cert-ttl", type=DURATION, help="Server certificate lifetime. [24h]")
+@click.option("--trust-domain", help="Trust domain when this starts a new CA. [cluster.local]")
+@click.option(
+    "--key-type",
+    type=click.Choice([k.value for k in CA_KEY_TYPES]),
+    help="CA key type when this starts a new CA. [ec-p256]",
+)
+@click.option("--auth", type=click.Choice(["jwt", "tokenreview"]), help="Token check. [jwt]")
+@click.option("--jwt-issuer", help="Required `iss` of service-account tokens.")
+@click.option("--jwt-audience", multiple=True, help="Accepted `aud` (repeatable). [istio-ca]")
+@click.option("--jwks", help="JWKS file or URL with the token signing keys.")
+@click.option("--jwt-public-key", multiple=True, help="PEM public key file (repeatable).")
+@click.option("--oidc-discovery", help="Issuer URL serving /.well-known/openid-configuration.")
+@click.option(
+    "--jwks-ca-file", type=click.Path(path_type=Path, dir_okay=False), help="CA for JWKS URLs."
+)
+@click.option("--jwt-leeway", type=DURATION, help="Clock-skew leeway for exp/nbf/iat. [30s]")
+@click.option(
+    "--allow-legacy-tokens", is_flag=True, default=None, help="Accept secret-based tokens."
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="kubeconfig for --auth tokenreview. [in-cluster]",
+)
+@click.option("--rate-limit-per-caller", type=float, help="Requests/s per pod. [10]")
+@click.option("--rate-limit-global", type=float, help="Requests/s per process. [10000]")
+@click.option("--deny-identity", multiple=True, help="SPIFFE ID (or ID/*) to refuse.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines. [text]")
+@pass_state
+def serve(state: CliState, /, **options: Any) -> None:
+    """Serve CreateCertificate (Istio-compatible) and WatchBundle over gRPC.
+
+    Creates the schema and the CA on first start (like `ca init --exist-ok`), then serves until
+    SIGTERM or SIGINT, finishing calls in flight.
+    """
+    flags = _settings_flags(options)
+    settings = state.settings(**flags)
+    configure_logging(_log_level(), settings.log_format)
+    runtime = state.runtime(**flags)
+    migrate.upgrade(runtime.engine)
+    runtime.initialise(from_dir=None, exist_ok=True, actor=SERVER_ACTOR)
+    runtime.engine.dispose()
+    run_server(settings, verifier_factory)
+
+
+def _log_level() -> str:
+    """The server logs at info unless ``--log-level`` (or ``MESHCA_LOG_LEVEL``) says otherwise."""
+    root = click.get_current_context().find_root()
+    if root.get_parameter_source("log_level") == click.core.ParameterSource.DEFAULT:
+        return "info"
+    return str(root.params["log_level"])
+
+
+def _settings_flags(options: dict[str, Any]) -> dict[str, Any]:
+    renamed = {
+        "jwt_audience": "jwt_audiences",
+        "jwt_public_key": "jwt_public_keys",
+        "deny_identity": "deny_identities",
+    }
+    flags: dict[str, Any] = {}
+    for name, value in options.items():
+        flags[renamed.get(name, name)] = _many(value) if isinstance(value, tuple) else value
+    return flags
