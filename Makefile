@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## run: set up, initialise the CA on the embedded SQLite default if needed, and start it.
+## run: set up, then serve the CA on the embedded SQLite default (creating it on first start)
+## on 127.0.0.1:15012 (TLS), trusting tokens signed by a local dev key in .meshca-dev/.
 run: $(STAMP)
-	$(BIN)/meshca ca init --exist-ok   # migrates the schema, then creates the CA if needed
-	$(BIN)/meshca ca status
-	$(BIN)/meshca root bundle
+	$(BIN)/meshca dev signing-key --dir .meshca-dev
+	$(BIN)/meshca ca serve --listen 127.0.0.1:15012 --mtls-listen 127.0.0.1:15013 \
+		--jwt-issuer meshca-dev --jwt-public-key .meshca-dev/sa-signer.pub.pem
 
 ## test: set up, lint, type-check and run the whole suite.
 test: lint
@@ -31,9 +32,14 @@ format: $(STAMP)
 	$(BIN)/ruff format ca sds migrations tests
 	$(BIN)/ruff check --fix ca sds migrations tests
 
-## bench: issuance throughput on SQLite (and PostgreSQL when MESHCA_TEST_POSTGRES_URL is set).
+## bench: issuance throughput in process and over gRPC with TLS (SQLite and PostgreSQL).
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_issuance.py
+	$(BIN)/python tests/bench/bench_grpc.py
+
+## protos: regenerate ca/api/*_pb2.py(i) from proto/ (tests check they are current).
+protos: $(STAMP)
+	PYTHON=$(BIN)/python scripts/gen-protos
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
