@@ -5,17 +5,19 @@ a cache of verified tokens."""
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 
 from spiffe import TrustDomain
 
 from ca.auth.jwt_keys import key_source_from_settings
-from ca.auth.jwt_verifier import JwtVerifier
+from ca.auth.jwt_verifier import jwt_verifier_from_settings
 from ca.auth.kubeconfig import load_cluster_access
 from ca.auth.token_cache import CachingVerifier
 from ca.auth.tokenreview import TokenReviewVerifier
 from ca.auth.verified import TokenVerifier, VerifierFactory
-from ca.core.errors import ConfigurationError
 from ca.settings import Settings
+
+CACHE_MAX_AGE = timedelta(minutes=5)
 
 
 def verifier_factory(settings: Settings) -> VerifierFactory:
@@ -34,21 +36,9 @@ async def build_verifier(settings: Settings, trust_domain: TrustDomain) -> Token
             cache_ttl=settings.tokenreview_cache_ttl,
             cache_size=settings.token_cache_size,
         )
-    if not settings.jwt_issuer:
-        raise ConfigurationError(
-            "jwt_issuer_missing",
-            "--jwt-issuer is required with --auth jwt (a cluster's service-account issuer, e.g. "
-            "https://kubernetes.default.svc.cluster.local)",
-        )
     keys = key_source_from_settings(settings)
+    verifier = jwt_verifier_from_settings(settings, trust_domain=trust_domain, keys=keys)
     await keys.start()
-    verifier = JwtVerifier(
-        keys,
-        trust_domain,
-        issuer=settings.jwt_issuer,
-        audiences=settings.jwt_audiences,
-        algorithms=settings.jwt_algorithms,
-        leeway=settings.jwt_leeway,
-        allow_legacy=settings.allow_legacy_tokens,
-    )
-    return CachingVerifier(verifier, settings.token_cache_size)
+    # Bounded age: a token signed by a key since removed from the key set stops being honoured
+    # from the cache within minutes, even if the token itself lives for a year.
+    return CachingVerifier(verifier, settings.token_cache_size, max_age=CACHE_MAX_AGE)

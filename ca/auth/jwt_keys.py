@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt import PyJWK, PyJWTError
@@ -51,8 +52,14 @@ DEFAULT_REFRESH_INTERVAL = timedelta(seconds=10)
 
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+#: Every algorithm a key of this module can verify: RSA PKCS#1 v1.5 and PSS, and ECDSA.
+ASYMMETRIC_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_ALGORITHMS.values())
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 _WELL_KNOWN = "/.well-known/openid-configuration"
+
+
+class UnusableKeyError(ValueError):
+    """A key (or key file, or JWKS) that cannot verify service-account tokens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +126,7 @@ class KeySet:
 
 def verification_key(public_key: object, *, kid: str | None = None) -> VerificationKey:
     """A :class:`VerificationKey` for a ``cryptography`` RSA (2048 bits or more) or EC
-    (P-256, P-384, P-521) public key. Raises ``ValueError`` for any other key."""
+    (P-256, P-384, P-521) public key. Raises :class:`UnusableKeyError` for any other key."""
     if isinstance(public_key, rsa.RSAPublicKey):
         _check_rsa_size(public_key)
         jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
@@ -127,7 +134,7 @@ def verification_key(public_key: object, *, kid: str | None = None) -> Verificat
         _check_curve(public_key)
         jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
     else:
-        raise ValueError(
+        raise UnusableKeyError(
             f"{type(public_key).__name__} keys cannot verify service-account tokens "
             "(RSA or EC P-256/P-384/P-521 keys only)"
         )
@@ -138,29 +145,33 @@ def verification_key(public_key: object, *, kid: str | None = None) -> Verificat
 
 def keys_from_pem(data: bytes) -> list[VerificationKey]:
     """Every public key (``PUBLIC KEY``, ``RSA PUBLIC KEY``) and certificate public key in
-    ``data``. Raises ``ValueError`` when there is none, or a block is anything else.
+    ``data``. Raises :class:`UnusableKeyError` when there is none, or a block is anything else.
 
     A certificate is only a container for its key: its validity dates are not checked (as
     Kubernetes does not).
     """
     blocks = list(_PEM_BLOCK.finditer(data))
     if not blocks:
-        raise ValueError("no PEM public key or certificate found")
-    keys = []
-    for block in blocks:
-        label = block.group(1).decode()
+        raise UnusableKeyError("no PEM public key or certificate found")
+    return [
+        verification_key(_pem_public_key(block.group(1).decode(), block.group(0)))
+        for block in blocks
+    ]
+
+
+def _pem_public_key(label: str, pem: bytes) -> object:
+    if "PRIVATE KEY" in label:
+        raise UnusableKeyError(
+            "it holds a private key; give the public key only (openssl pkey -pubout)"
+        )
+    try:
         if label == "CERTIFICATE":
-            public_key: object = x509.load_pem_x509_certificate(block.group(0)).public_key()
-        elif label in ("PUBLIC KEY", "RSA PUBLIC KEY"):
-            public_key = serialization.load_pem_public_key(block.group(0))
-        elif "PRIVATE KEY" in label:
-            raise ValueError(
-                "it holds a private key; give the public key only (openssl pkey -pubout)"
-            )
-        else:
-            raise ValueError(f"unsupported PEM block {label!r}")
-        keys.append(verification_key(public_key))
-    return keys
+            return x509.load_pem_x509_certificate(pem).public_key()
+        if label in ("PUBLIC KEY", "RSA PUBLIC KEY"):
+            return serialization.load_pem_public_key(pem)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise UnusableKeyError(f"its {label} cannot be parsed: {exc}") from exc
+    raise UnusableKeyError(f"unsupported PEM block {label!r}")
 
 
 def keys_from_jwks(document: object, origin: str) -> KeySet:
@@ -168,10 +179,10 @@ def keys_from_jwks(document: object, origin: str) -> KeySet:
 
     Keys for encryption (``use`` other than ``sig``), symmetric keys, private keys, keys with a
     non-string ``kid`` and keys PyJWT cannot load are skipped with a warning. Raises
-    ``ValueError`` when the document is not a JWKS or holds no usable key.
+    :class:`UnusableKeyError` when the document is not a JWKS or holds no usable key.
     """
     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWKS: expected an object with a 'keys' array")
+        raise UnusableKeyError("not a JWKS: expected an object with a 'keys' array")
     keys = []
     for index, entry in enumerate(document["keys"]):
         try:
@@ -179,21 +190,21 @@ def keys_from_jwks(document: object, origin: str) -> KeySet:
         except ValueError as exc:
             log.warning("%s: skipping key %d: %s", origin, index, exc)
     if not keys:
-        raise ValueError("the JWKS holds no usable signature key")
+        raise UnusableKeyError("the JWKS holds no usable signature key")
     return KeySet.of(keys, origin)
 
 
 def _jwks_entry(entry: object) -> VerificationKey:
     if not isinstance(entry, dict):
-        raise ValueError("not a JSON object")
+        raise UnusableKeyError("not a JSON object")
     if entry.get("use", "sig") != "sig":
-        raise ValueError(f"use is {entry.get('use')!r}, not 'sig'")
+        raise UnusableKeyError(f"use is {entry.get('use')!r}, not 'sig'")
     if entry.get("kty") not in ("RSA", "EC"):
-        raise ValueError(f"key type {entry.get('kty')!r} is not RSA or EC")
+        raise UnusableKeyError(f"key type {entry.get('kty')!r} is not RSA or EC")
     if "d" in entry:
-        raise ValueError("it holds private key material")
+        raise UnusableKeyError("it holds private key material")
     if "kid" in entry and not isinstance(entry["kid"], str):
-        raise ValueError("its kid is not a string")
+        raise UnusableKeyError("its kid is not a string")
     return _from_jwk(entry)
 
 
@@ -201,7 +212,7 @@ def _from_jwk(data: dict[str, Any]) -> VerificationKey:
     try:
         jwk = PyJWK(data)
     except PyJWTError as exc:
-        raise ValueError(f"unusable JWK: {exc}") from exc
+        raise UnusableKeyError(f"unusable JWK: {exc}") from exc
     public_key = jwk.key
     if isinstance(public_key, rsa.RSAPublicKey):
         _check_rsa_size(public_key)
@@ -209,24 +220,26 @@ def _from_jwk(data: dict[str, Any]) -> VerificationKey:
     elif isinstance(public_key, ec.EllipticCurvePublicKey):
         algorithms = frozenset({_check_curve(public_key)})
     else:
-        raise ValueError(f"{type(public_key).__name__} is not an RSA or EC public key")
+        raise UnusableKeyError(f"{type(public_key).__name__} is not an RSA or EC public key")
     declared = data.get("alg")
     if declared is not None:
         if declared not in algorithms:
-            raise ValueError(f"its alg {declared!r} does not suit a {data.get('kty')} key")
+            raise UnusableKeyError(f"its alg {declared!r} does not suit a {data.get('kty')} key")
         algorithms = frozenset({declared})
     return VerificationKey(jwk, algorithms)
 
 
 def _check_rsa_size(public_key: rsa.RSAPublicKey) -> None:
     if public_key.key_size < MIN_RSA_BITS:
-        raise ValueError(f"RSA key of {public_key.key_size} bits; at least {MIN_RSA_BITS} needed")
+        raise UnusableKeyError(
+            f"RSA key of {public_key.key_size} bits; at least {MIN_RSA_BITS} needed"
+        )
 
 
 def _check_curve(public_key: ec.EllipticCurvePublicKey) -> str:
     algorithm = _EC_ALGORITHMS.get(public_key.curve.name)
     if algorithm is None:
-        raise ValueError(f"EC curve {public_key.curve.name} is not P-256, P-384 or P-521")
+        raise UnusableKeyError(f"EC curve {public_key.curve.name} is not P-256, P-384 or P-521")
     return algorithm
 
 
@@ -332,9 +345,7 @@ class OidcDiscoveryLoader:
             discovery = await fetch_json(client, self.discovery_url)
             jwks_uri = discovery.get("jwks_uri") if isinstance(discovery, Mapping) else None
             if not isinstance(jwks_uri, str):
-                raise Unavailable(
-                    "jwks_unavailable", f"{self.discovery_url} names no jwks_uri"
-                )
+                raise Unavailable("jwks_unavailable", f"{self.discovery_url} names no jwks_uri")
             try:
                 jwks_uri = check_url(jwks_uri, "jwks_uri")
             except ConfigurationError as exc:

@@ -25,7 +25,7 @@ import json
 import logging
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,7 @@ from ca.auth.kubeconfig import (
 )
 from ca.auth.verified import VerifiedToken
 from ca.core.errors import ConfigurationError, Unauthenticated, Unavailable
-from ca.core.identity import parse_trust_domain
+from ca.core.identity import WorkloadIdentity, parse_trust_domain
 from ca.core.sa_token import identity_from_username
 
 if TYPE_CHECKING:
@@ -130,20 +130,25 @@ class TokenReviewVerifier:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
     async def verify(self, token: str) -> VerifiedToken:
         if not token:
             raise Unauthenticated("token_rejected", "the bearer token is empty")
-        key = hashlib.sha256(token.encode()).digest()
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         cached = self._cached(key)
         if cached is not None:
             return cached
         status = await self._review(token)
         now = self._clock()
-        verified = VerifiedToken(self._identity(status, token), _horizon(token, now, self.cache_ttl))
+        verified = VerifiedToken(
+            self._identity(status, token), _horizon(token, now, self.cache_ttl)
+        )
         if self.cache_size > 0 and verified.expires_at is not None and verified.expires_at > now:
             self._cache[key] = verified
             while len(self._cache) > self.cache_size:
@@ -246,7 +251,7 @@ class TokenReviewVerifier:
 
     # --- the answer ---
 
-    def _identity(self, status: dict[str, Any], token: str) -> Any:
+    def _identity(self, status: dict[str, Any], token: str) -> WorkloadIdentity:
         server = self.access.server
         if status.get("authenticated") is not True:
             error = status.get("error")

@@ -47,6 +47,15 @@ def is_legacy_token(claims: Mapping[str, object]) -> bool:
     )
 
 
+def legacy_token_refused() -> Unauthenticated:
+    """The error for a legacy token where they are not allowed."""
+    return Unauthenticated(
+        "token_legacy_refused",
+        "legacy secret-based service-account tokens (no expiry, no audience) are not accepted; "
+        "use a projected token, or set allow_legacy_tokens",
+    )
+
+
 def parse_service_account_username(username: object) -> tuple[str, str]:
     """Split ``system:serviceaccount:<namespace>:<name>`` into namespace and name.
 
@@ -80,11 +89,7 @@ def identity_from_claims(
         claimed_ns, claimed_sa, pod_name, pod_uid = _projected_claims(claims[PROJECTED_CLAIM])
     elif is_legacy_token(claims):
         if not allow_legacy:
-            raise Unauthenticated(
-                "token_legacy_refused",
-                "legacy secret-based service-account tokens (no expiry, no audience) are not "
-                "accepted; use a projected token, or set allow_legacy_tokens",
-            )
+            raise legacy_token_refused()
         claimed_ns = _string_claim(claims, LEGACY_NAMESPACE_CLAIM)
         claimed_sa = _string_claim(claims, LEGACY_SERVICE_ACCOUNT_CLAIM)
     else:
