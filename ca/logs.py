@@ -46,8 +46,8 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
         fields = " ".join(f"{k}={v}" for k, v in record_fields(record).items())
         return f"{line} {fields}" if fields else line
 

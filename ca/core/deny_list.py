@@ -17,8 +17,7 @@ class DenyList:
         self._prefixes: list[str] = []
         for entry in entries:
             if entry.endswith("/*"):
-                parse_spiffe_id(entry[:-2])
-                self._prefixes.append(entry[:-1])
+                self._prefixes.append(f"{parse_spiffe_id(entry[:-2])}/")
             else:
                 self._exact.add(str(parse_spiffe_id(entry)))
 

@@ -64,6 +64,10 @@ class IssuanceQueue:
                     self._dispatch()
                     await asyncio.sleep(0)  # let the loop serve I/O between batches
         finally:
+            # Refusals and requests already handed over are still written (and answered).
+            while self._pending or self._denials:
+                await self._slots.acquire()
+                self._dispatch()
             await self.drain()
 
     async def drain(self) -> None:
