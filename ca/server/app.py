@@ -62,6 +62,7 @@ class CaServer:
         self.port: int | None = None
         self.mtls_port: int | None = None
         self._health = HealthServicer()
+        self._serving = False
 
     async def start(self) -> None:
         """Load the CA, bind the ports and start serving; raises when the CA cannot serve."""
@@ -169,12 +170,12 @@ class CaServer:
         interval = self.settings.bundle_refresh_interval.total_seconds()
         while True:
             await asyncio.sleep(interval)
-            was_healthy = watch.healthy
             await watch.check()
-            if watch.healthy != was_healthy:
+            if watch.healthy != self._serving:
                 await self._set_health(serving=watch.healthy)
 
     async def _set_health(self, *, serving: bool) -> None:
+        self._serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving

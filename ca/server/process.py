@@ -25,6 +25,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from ca.auth.verified import VerifierFactory
+from ca.core.errors import ConfigurationError
+from ca.core.identity import parse_trust_domain
 from ca.logs import configure_logging
 from ca.server.app import OFF, CaServer
 from ca.server.ops_http import OpsServer
@@ -50,7 +52,18 @@ def serve(settings: Settings, verifiers: Callable[[Settings], VerifierFactory]) 
     if workers == 1:
         asyncio.run(_serve_one(settings, verifiers(settings), ops=True, ready_flag=None))
     else:
+        asyncio.run(_preflight(settings, verifiers(settings)))
         Supervisor(settings, workers, verifiers).run()
+
+
+async def _preflight(settings: Settings, verifiers: VerifierFactory) -> None:
+    """Build the token verifier once before any worker starts, so a configuration error (no JWT
+    keys, a bad kubeconfig) ends ``serve`` with its message and exit code instead of killing
+    workers the supervisor would restart forever."""
+    verifier = await verifiers(parse_trust_domain(settings.trust_domain))
+    close = getattr(verifier, "aclose", None)
+    if close is not None:
+        await close()
 
 
 async def _serve_one(
@@ -113,6 +126,7 @@ class Supervisor:
         self._verifiers = verifiers
         self._context = multiprocessing.get_context("spawn")
         self._flags = [self._context.Value("b", 0) for _ in range(count)]
+        self._ever_ready = [False] * count
         self._processes: list[multiprocessing.process.BaseProcess | None] = [None] * count
         self._stopping = False
         self._metrics_dir = tempfile.mkdtemp(prefix="meshca-metrics-")
@@ -120,6 +134,7 @@ class Supervisor:
     def readiness(self) -> tuple[bool, str]:
         alive = [p is not None and p.is_alive() for p in self._processes]
         ready = [bool(flag.value) for flag in self._flags]
+        self._ever_ready = [e or r for e, r in zip(self._ever_ready, ready, strict=True)]
         count = sum(a and r for a, r in zip(alive, ready, strict=True))
         detail = f"{count}/{self.count} workers ready"
         return count == self.count, detail
@@ -137,6 +152,7 @@ class Supervisor:
             for index in range(self.count):
                 self._start(index)
             while not self._stopping:
+                self.readiness()
                 self._restart_dead()
                 time.sleep(0.2)
         finally:
@@ -175,6 +191,12 @@ class Supervisor:
     def _restart_dead(self) -> None:
         for index, process in enumerate(self._processes):
             if process is not None and not process.is_alive() and not self._stopping:
+                if not self._ever_ready[index]:
+                    raise ConfigurationError(
+                        "worker_failed",
+                        f"worker {index} exited with code {process.exitcode} before it was "
+                        "ready; its log above says why",
+                    )
                 log.error(
                     "worker %d (pid %s) exited with %s; restarting",
                     index,
