@@ -2,7 +2,8 @@
 
 Each carries a stable machine-readable ``reason`` (recorded in the ledger, counted in metrics)
 and a human message that never contains a token or key material. Transport adapters map the
-types to protocol status codes in exactly one place (gRPC: ``ca.server.status``; CLI: ``ca.cli.main``).
+types to protocol status codes in exactly one place (gRPC: ``ca.server.status``; CLI:
+``ca.cli.main``).
 """
 
 from __future__ import annotations

@@ -33,8 +33,6 @@ from tests.server.harness import RunningCa, TokenMinter, running_ca, serving_set
 T = TypeVar("T")
 
 POSTGRES_ENV = "MESHCA_TEST_POSTGRES_URL"
-FIXTURES_ENV = "MESHCA_TEST_FIXTURES"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TRUST_DOMAIN = "spiffe://cluster.local"
 
 _DETAILS = re.compile(
@@ -216,21 +214,3 @@ def module_db_url(
     else:
         with fresh_postgres_database() as url:
             yield url
-
-
-@pytest.fixture(scope="session")
-def k8s_tokens() -> Path:
-    """``<fixtures>/k8s-tokens``: tokens a real minikube API server minted. The fixtures root is
-    ``$MESHCA_TEST_FIXTURES`` when set, else ``<repo>/../shared/fixtures``; missing fixtures fail
-    the tests that need them rather than skip them."""
-    configured = os.environ.get(FIXTURES_ENV)
-    root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "fixtures"
-    tokens = root / "k8s-tokens"
-    if not tokens.is_dir():
-        where = f"${FIXTURES_ENV}={configured}" if configured else f"{root} (the default)"
-        pytest.fail(
-            f"Kubernetes token fixtures not found: {tokens} does not exist. Set {FIXTURES_ENV} to "
-            f"the fixtures root (the directory holding k8s-tokens/); looked in {where}.",
-            pytrace=False,
-        )
-    return tokens

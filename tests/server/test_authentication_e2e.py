@@ -333,7 +333,7 @@ def test_csr_key_reuse_across_identities_is_still_bound_to_the_token(served: Ser
 
 
 def test_real_minikube_tokens(
-    sqlite_url: str, serve: Callable[..., Served], k8s_tokens: Path
+    sqlite_url: str, serve: Callable[..., Served], k8s_tokens_dir: Path
 ) -> None:
     """Tokens a real API server minted (RS256, kid, iss kubernetes/serviceaccount) against the
     cluster's real public key: the projected token issues, the expired one and the legacy
@@ -341,13 +341,13 @@ def test_real_minikube_tokens(
     served = serve(
         sqlite_url,
         jwt_public_keys=[
-            str(k8s_tokens / "minikube-sa-signing-key.pub.pem"),
-            str(k8s_tokens / "legacy-signer-cert.pem"),
+            str(k8s_tokens_dir / "minikube-sa-signing-key.pub.pem"),
+            str(k8s_tokens_dir / "legacy-signer-cert.pem"),
         ],
         jwt_issuer="kubernetes/serviceaccount",
         jwt_audiences=["kubernetes.default.svc"],
     )
-    token = (k8s_tokens / "minikube-projected.jwt").read_text().strip()
+    token = (k8s_tokens_dir / "minikube-projected.jwt").read_text().strip()
 
     chain = served.ca.create_certificate(make_csr(), token)
 
@@ -361,7 +361,7 @@ def test_real_minikube_tokens(
         ("minikube-projected-expired.jwt", "token_expired"),
         ("legacy-secret.jwt", "token_legacy_refused"),
     ):
-        bad = (k8s_tokens / name).read_text().strip()
+        bad = (k8s_tokens_dir / name).read_text().strip()
         failure = refused(lambda bad=bad: served.ca.create_certificate(make_csr(), bad))
         assert (failure.code, failure.reason) == (UNAUTHENTICATED, reason), name
         assert bad not in failure.details
@@ -370,16 +370,16 @@ def test_real_minikube_tokens(
 
 
 def test_real_legacy_token_when_legacy_tokens_are_allowed(
-    sqlite_url: str, serve: Callable[..., Served], k8s_tokens: Path
+    sqlite_url: str, serve: Callable[..., Served], k8s_tokens_dir: Path
 ) -> None:
     """``allow_legacy_tokens``: the real secret-based token (iss kubernetes/serviceaccount, the
     fixed legacy issuer, whatever --jwt-issuer says) is accepted; it names no pod."""
     served = serve(
         sqlite_url,
-        jwt_public_keys=[str(k8s_tokens / "legacy-signer-cert.pem")],
+        jwt_public_keys=[str(k8s_tokens_dir / "legacy-signer-cert.pem")],
         allow_legacy_tokens=True,
     )
-    token = (k8s_tokens / "legacy-secret.jwt").read_text().strip()
+    token = (k8s_tokens_dir / "legacy-secret.jwt").read_text().strip()
 
     chain = served.ca.create_certificate(make_csr(), token)
 
