@@ -46,7 +46,8 @@ class _Material:
     key_pem: bytes
     chain_pem: bytes
     roots_pem: bytes
-    not_before: datetime
+    serial: str
+    issued_at: datetime
     not_after: datetime
 
 
@@ -100,7 +101,8 @@ class ServerCertificate:
             ),
             chain_pem="".join(svid.chain_pem()).encode(),
             roots_pem=snapshot.bundle.pem().encode(),
-            not_before=svid.record.not_before,
+            serial=svid.record.serial,
+            issued_at=svid.record.issued_at,
             not_after=svid.record.not_after,
         )
         metrics.SERVER_CERT_EXPIRY.set(svid.record.not_after.timestamp())
@@ -113,7 +115,8 @@ class ServerCertificate:
         """Renew at half the certificate's life, or at once when the CA changes."""
         while True:
             material = self.material
-            renew_at = material.not_before + (material.not_after - material.not_before) / 2
+            # Half-way from issuance (NotBefore is backdated for clock skew, so not from there).
+            renew_at = material.issued_at + (material.not_after - material.issued_at) / 2
             delay = max(0.0, (renew_at - self._clock()).total_seconds())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._renew.wait(), timeout=delay)
