@@ -1,9 +1,10 @@
 """What the server signs with and which roots it trusts, kept current.
 
-The database is the source of truth (several replicas and the admin CLI change it). The watch
-checks the bundle sequence every ``interval``; when it moves, it reloads the trust bundle and the
-signing authority and wakes every subscriber (WatchBundle streams, the TLS credentials). Agents
-never poll: they hold a stream and are pushed to.
+The database is the source of truth (several replicas and the admin CLI change it). The server
+calls :meth:`AuthorityWatch.check` every ``bundle_refresh_interval`` (one cheap query for the
+bundle sequence); when the sequence moves, the watch reloads the trust bundle and the signing
+authority and wakes every subscriber (WatchBundle streams, the TLS credentials). Agents never
+poll: they hold a stream and are pushed to.
 """
 
 from __future__ import annotations
