@@ -174,7 +174,7 @@ class RunningCa:
         channel: grpc.Channel | None = None,
     ) -> list[str]:
         """Call CreateCertificate; returns the PEM chain (raises ``grpc.RpcError``)."""
-        metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+        metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
         own = channel is None
         channel = channel or self.channel()
         try:
