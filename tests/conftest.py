@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from ca.storage import migrate
 from ca.storage.engine import make_engine
-
-POSTGRES_ENV = "MESHCA_TEST_POSTGRES_URL"
-SKIP_POSTGRES = (
-    f"{POSTGRES_ENV} is not set; set it (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) "
-    "to run the PostgreSQL tests (CI always does)"
-)
+from tests.postgres import fresh_postgres_database
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """A freshly created, empty PostgreSQL database, dropped afterwards.
-
-    Skips only when MESHCA_TEST_POSTGRES_URL is unset; when it is set, a connection error fails.
-    """
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(SKIP_POSTGRES)
-    name = f"meshca_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    """A freshly created, empty PostgreSQL database, dropped afterwards (skipped only when
+    MESHCA_TEST_POSTGRES_URL is unset)."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

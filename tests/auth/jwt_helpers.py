@@ -22,17 +22,19 @@ from typing import Any
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from spiffe import TrustDomain
 
 from ca.auth.jwt_keys import JwksFileLoader, KeySource, PemFileLoader
 from ca.auth.jwt_verifier import JwtVerifier
+from ca.core.csr_policy import TtlPolicy
+from ca.core.identity import WorkloadIdentity, parse_spiffe_id
+from ca.core.issuer import Issuer
+from ca.core.keys import KeyType, generate_private_key
 from ca.settings import JWT_ALGORITHMS
+from tests.factories import TRUST_DOMAIN, WEB_ID, make_ca
 
-TRUST_DOMAIN = TrustDomain("cluster.local")
 #: Every test runs at this fixed moment (on an injected clock), whatever the real date is.
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -294,60 +296,24 @@ class TlsFiles:
 
 
 def make_tls(tmp_path: Path) -> TlsFiles:
-    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwks test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
+    """A throwaway CA (meshca's own root and intermediate) and a server certificate for
+    127.0.0.1 issued by it."""
+    root, intermediate = make_ca()
+    key = generate_private_key(KeyType.EC_P256)
+    server = Issuer(TRUST_DOMAIN, intermediate, TtlPolicy()).issue_serving(
+        key.public_key(),
+        WorkloadIdentity.from_spiffe_id(parse_spiffe_id(f"{WEB_ID}-jwks")),
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        timedelta(hours=1),
+        datetime.now(UTC),
+        requester="test",
+        request_id="jwks-server",
     )
     ca_file = tmp_path / "jwks-ca.pem"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    ca_file.write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
     cert_file = tmp_path / "server.pem"
     cert_file.write_bytes(
-        cert.public_bytes(serialization.Encoding.PEM)
+        "".join(server.chain_pem()).encode()
         + key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_issuance import openssl_sign_per_second  # this directory: run as a script
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -66,20 +67,6 @@ READY_TIMEOUT = 90.0
 TARGETS = {"sqlite": 2000.0, "postgresql": 1500.0}
 TARGET_P99_MS = 50.0
 PROTOTYPE_RATE = 1150.0
-
-
-def openssl_sign_per_second(seconds: int) -> float:
-    """``openssl speed ecdsap256`` sign/s (one core)."""
-    out = subprocess.run(
-        ["openssl", "speed", "-seconds", str(seconds), "ecdsap256"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    match = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)", out)
-    if match is None:
-        raise RuntimeError(f"cannot parse openssl speed output:\n{out}")
-    return float(match.group(1))
 
 
 # --- /proc ---------------------------------------------------------------------------------

@@ -4,12 +4,11 @@ the ``<reason>: <message> (request id <hex>)`` status details the server answers
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,8 +18,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from ca.core.keys import KeyType, generate_private_key
 from ca.core.records import DeniedRecord, IssuedRecord
@@ -28,11 +25,11 @@ from ca.server.server_tls import SERVER_REQUESTER
 from ca.storage.engine import make_engine
 from ca.storage.ledger import Ledger, LedgerQuery
 from tests.factories import make_csr
+from tests.postgres import fresh_postgres_database
 from tests.server.harness import RunningCa, TokenMinter, running_ca, serving_settings
 
 T = TypeVar("T")
 
-POSTGRES_ENV = "MESHCA_TEST_POSTGRES_URL"
 TRUST_DOMAIN = "spiffe://cluster.local"
 
 _DETAILS = re.compile(
@@ -183,25 +180,6 @@ def _uses_minter(overrides: dict[str, Any]) -> bool:
     )
 
 
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new empty PostgreSQL database (dropped afterwards); skips when none is configured,
-    as tests/conftest.py does."""
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_ENV} is not set")
-    name = f"meshca_srv_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
@@ -212,5 +190,5 @@ def module_db_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'meshca.db'}"
     else:
-        with fresh_postgres_database() as url:
+        with fresh_postgres_database("meshca_srv") as url:
             yield url
