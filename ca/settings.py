@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, field_validator
 from pydantic_settings import (
@@ -57,7 +57,29 @@ JWT_ALGORITHMS = (
 )
 
 
-class Settings(BaseSettings):
+class TomlSettings(BaseSettings):
+    """Settings read (highest first) from init arguments, the environment and a TOML file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if toml_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
+        return sources
+
+
+S = TypeVar("S", bound=TomlSettings)
+
+
+class Settings(TomlSettings):
     """Every knob meshca has. Each field is also ``MESHCA_<FIELD>`` and a key of the TOML file."""
 
     model_config = SettingsConfigDict(env_prefix="MESHCA_", extra="forbid", frozen=True)
@@ -155,36 +177,27 @@ class Settings(BaseSettings):
             raise ValueError("at least one algorithm is required")
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = settings_cls.model_config.get("toml_file")
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-        if toml_file is not None:
-            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
-        return sources
-
 
 def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
     """Settings from ``flags`` (``None`` values are ignored), environment, and ``config_file``."""
+    return load_into(Settings, config_file, **flags)
+
+
+def load_into(settings_cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
+    """An instance of ``settings_cls`` (a settings class built like :class:`Settings`) from
+    ``flags`` (``None`` values are ignored), environment, and ``config_file``."""
     overrides = {k: v for k, v in flags.items() if v is not None}
-    settings_cls: type[Settings] = Settings
+    cls: type[S] = settings_cls
     if config_file is not None:
         if not config_file.is_file():
             raise ConfigurationError("config_missing", f"config file {config_file} does not exist")
-        settings_cls = type(
-            "FileSettings",
-            (Settings,),
-            {"model_config": {**Settings.model_config, "toml_file": config_file}},
+        cls = type(
+            f"File{settings_cls.__name__}",
+            (settings_cls,),
+            {"model_config": {**settings_cls.model_config, "toml_file": config_file}},
         )
     try:
-        return settings_cls(**overrides)
+        return cls(**overrides)
     except (ValidationError, ValueError) as exc:
         raise ConfigurationError("invalid_settings", f"invalid settings: {_summary(exc)}") from exc
 

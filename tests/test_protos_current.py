@@ -20,6 +20,8 @@ GENERATED = [
     "ca/api/istio_ca_pb2.pyi",
     "ca/api/trust_bundle_pb2.py",
     "ca/api/trust_bundle_pb2.pyi",
+    "sds/api/workload_pb2.py",
+    "sds/api/workload_pb2.pyi",
 ]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ca.cli.agent_command import agent
 from ca.cli.audit_commands import audit
 from ca.cli.ca_commands import ca
 from ca.cli.common import CliState, connection_options
@@ -61,6 +62,7 @@ cli.add_command(root)
 cli.add_command(audit)
 cli.add_command(db)
 cli.add_command(dev)
+cli.add_command(agent)
 
 
 def main(argv: list[str] | None = None) -> Any:
