@@ -107,10 +107,11 @@ class BundleWatch:
         if new == old:
             return
         self._store.set_bundles(new)
-        self._metrics.bundle_updates.inc()
-        log.info(
-            "trust bundle updated",
-            extra={"sequence": new.sequence, "roots": len(new.all_roots())},
-        )
+        if new.roots != old.roots:
+            self._metrics.bundle_updates.inc()
+            log.info(
+                "trust bundle updated",
+                extra={"sequence": new.sequence, "roots": len(new.all_roots())},
+            )
         if self._on_change is not None:
             self._on_change(old, new)

@@ -117,21 +117,20 @@ class SdsService:
         reader = asyncio.create_task(_pump(requests, queue))
         self._metrics.sds_streams.labels(api).inc()
         generation = self._store.current.generation
+        get: asyncio.Future[Any] | None = None
+        change: asyncio.Future[Credentials] | None = None
         try:
             while True:
-                get = asyncio.ensure_future(queue.get())
-                change = asyncio.ensure_future(self._store.wait_newer(generation))
-                done, _ = await asyncio.wait({get, change}, return_when=asyncio.FIRST_COMPLETED)
-                if change in done:
-                    credentials = change.result()
-                    generation = credentials.generation
-                else:
-                    change.cancel()
-                if get not in done:
-                    get.cancel()
-                    yield self._store.current, Outcome.ACK
+                get = get or asyncio.ensure_future(queue.get())
+                change = change or asyncio.ensure_future(self._store.wait_newer(generation))
+                await asyncio.wait({get, change}, return_when=asyncio.FIRST_COMPLETED)
+                if change.done():
+                    generation = change.result().generation
+                    change = None
+                if not get.done():
+                    yield self._store.current, Outcome.ACK  # pushed only if it is new
                     continue
-                request = get.result()
+                request, get = get.result(), None
                 if request is _END:
                     return
                 outcome = stream.on_request(request)
@@ -142,7 +141,9 @@ class SdsService:
                 yield self._store.current, outcome
         finally:
             self._metrics.sds_streams.labels(api).dec()
-            reader.cancel()
+            for pending in (get, change, reader):
+                if pending is not None:
+                    pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 

@@ -76,10 +76,7 @@ def resolve(names: Iterable[str], credentials: Credentials) -> Resolution:
     for name in dict.fromkeys(names):
         kind = kind_of(name, credentials)
         if kind is None:
-            # The SPIFFE ID alias is unknown only until the SVID is held.
-            (
-                waiting if credentials.svid is None and name.startswith("spiffe://") else unknown
-            ).append(name)
+            (waiting if _may_be_own_id(name, credentials) else unknown).append(name)
             continue
         secret = _build(name, kind, credentials)
         if secret is None:
@@ -87,6 +84,12 @@ def resolve(names: Iterable[str], credentials: Credentials) -> Resolution:
         else:
             secrets[name] = secret
     return Resolution(secrets, tuple(waiting), tuple(unknown))
+
+
+def _may_be_own_id(name: str, credentials: Credentials) -> bool:
+    """Until the SVID is held, a SPIFFE ID in the agent's trust domain may be the workload's."""
+    own_prefix = f"{credentials.trust_domain.as_spiffe_id()}/"
+    return credentials.svid is None and name.startswith(own_prefix)
 
 
 def version_of(secrets: Sequence[Any]) -> str:

@@ -51,6 +51,7 @@ class UnknownResources(Exception):
 
 
 _nonces = itertools.count(1)
+_MAX_IN_FLIGHT = 16
 
 
 def _next_nonce() -> str:
@@ -66,6 +67,7 @@ class SotwStream:
     last_nonce: str | None = None
     sent_version: str | None = None
     nacked_versions: set[str] = field(default_factory=set)
+    nacked_nonce: str | None = None
     nack_detail: str | None = None
 
     def on_request(self, request: Any) -> Outcome:
@@ -77,6 +79,9 @@ class SotwStream:
             return Outcome.STALE
         names = tuple(dict.fromkeys(request.resource_names))
         if nonce and request.HasField("error_detail"):
+            if nonce == self.nacked_nonce:
+                return Outcome.STALE  # the same NACK again
+            self.nacked_nonce = nonce
             if self.sent_version is not None:
                 self.nacked_versions.add(self.sent_version)
             self.nack_detail = request.error_detail.message
@@ -177,6 +182,8 @@ class DeltaStream:
         self.told_removed.update(removed)
         nonce = _next_nonce()
         self.in_flight[nonce] = sent
+        while len(self.in_flight) > _MAX_IN_FLIGHT:  # a client that never answers
+            del self.in_flight[next(iter(self.in_flight))]
         return xds.DeltaDiscoveryResponse(
             system_version_info=str(credentials.generation),
             resources=resources,

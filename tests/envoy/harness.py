@@ -42,6 +42,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -83,7 +84,13 @@ class SdsApi(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SdsSource:
-    """Secrets fetched from an SDS server listening on the unix socket ``socket_path``."""
+    """Secrets fetched from an SDS server listening on the unix socket ``socket_path``.
+
+    ``initial_fetch_timeout`` (seconds; Envoy's default is 15, 0 waits forever) bounds how long
+    listeners warm without secrets. The retry back-off (Envoy's default is about 0.5 s to 30 s)
+    is short so that Envoy reconnects promptly to a restarted agent, and because Envoy starts
+    the peer cluster's SDS streams before cluster ``sds-grpc`` exists: the first attempt always
+    fails with "Cluster not available" and, with default back-off, costs ~1 s of start-up."""
 
     socket_path: Path
     api_type: SdsApi = SdsApi.GRPC
@@ -389,6 +396,11 @@ class CertDetails:
     days_until_expiration: int
     valid_from: str
     expiration_time: str
+
+    def seconds_until_expiration(self) -> float:
+        """Seconds from now to ``expiration_time`` (Envoy reports only whole days)."""
+        expires = datetime.fromisoformat(self.expiration_time.replace("Z", "+00:00"))
+        return (expires - datetime.now(UTC)).total_seconds()
 
     @classmethod
     def from_admin(cls, data: Mapping[str, Any]) -> CertDetails:

@@ -15,15 +15,21 @@ from typing import Any, TypeVar
 
 import grpc
 import jwt
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.api import methods
 from ca.auth.factory import verifier_factory
+from ca.core.authority import build_root
+from ca.core.identity import parse_trust_domain
+from ca.core.keys import KeyType, generate_private_key
+from ca.core.lifecycle import AuthorityRole
 from ca.runtime import CaRuntime
 from ca.server.app import CaServer
 from ca.settings import Settings, load_settings
 from ca.storage import migrate
+from ca.storage.authority_store import NewAuthority
 
 T = TypeVar("T")
 
@@ -199,3 +205,27 @@ def running_ca(settings: Settings) -> Iterator[RunningCa]:
         yield ca
     finally:
         ca.stop()
+
+
+def prepare_new_root(settings: Settings) -> x509.Certificate:
+    """What `root prepare` does (from the CLI or another replica): a new trusted, not yet signing
+    root, and the bundle sequence bumped, in the database only. Serving CAs see it at their next
+    bundle check and push it to their watchers."""
+    runtime = CaRuntime(settings)
+    try:
+        now = datetime.now(UTC)
+        root = build_root(
+            parse_trust_domain(settings.trust_domain),
+            generate_private_key(KeyType.EC_P256),
+            now=now,
+            ttl=timedelta(days=30),
+        )
+        runtime.authorities.prepare(
+            runtime.kek(),
+            [NewAuthority(AuthorityRole.ROOT, root.certificate, (), root.private_key)],
+            actor="test",
+            now=now,
+        )
+    finally:
+        runtime.engine.dispose()
+    return root.certificate

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -17,14 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.api import methods
-from ca.core.authority import build_root
-from ca.core.keys import KeyType, generate_private_key, key_id
-from ca.core.lifecycle import AuthorityRole
-from ca.runtime import CaRuntime
-from ca.storage.authority_store import NewAuthority
+from ca.core.keys import key_id
 from tests.cli.helpers import Meshca
-from tests.factories import TRUST_DOMAIN
 from tests.server.conftest import Served, certificates, refusal
+from tests.server.harness import prepare_new_root
 
 DEADLINE = 10.0
 
@@ -78,23 +74,7 @@ def _pem(cert: x509.Certificate) -> str:
 
 
 def _prepare_new_root(served: Served) -> x509.Certificate:
-    """What `root prepare` does on another replica: a new trusted (not yet signing) root, and
-    the bundle sequence bumped, in the database only."""
-    runtime = CaRuntime(served.ca.settings)
-    try:
-        now = datetime.now(UTC)
-        root = build_root(
-            TRUST_DOMAIN, generate_private_key(KeyType.EC_P256), now=now, ttl=timedelta(days=30)
-        )
-        runtime.authorities.prepare(
-            runtime.kek(),
-            [NewAuthority(AuthorityRole.ROOT, root.certificate, (), root.private_key)],
-            actor="test",
-            now=now,
-        )
-    finally:
-        runtime.engine.dispose()
-    return root.certificate
+    return prepare_new_root(served.ca.settings)
 
 
 def _root_bundle_cli(served: Served, workdir: Path) -> str:
