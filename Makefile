@@ -29,13 +29,13 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ca sds migrations tests
-	$(BIN)/ruff format --check ca sds migrations tests
+	$(BIN)/ruff check ca sds migrations tests scripts
+	$(BIN)/ruff format --check ca sds migrations tests scripts
 	$(BIN)/mypy ca sds
 
 format: $(STAMP)
-	$(BIN)/ruff format ca sds migrations tests
-	$(BIN)/ruff check --fix ca sds migrations tests
+	$(BIN)/ruff format ca sds migrations tests scripts
+	$(BIN)/ruff check --fix ca sds migrations tests scripts
 
 ## bench: issuance throughput in process and over gRPC with TLS (SQLite and PostgreSQL).
 bench: $(STAMP)

@@ -43,7 +43,6 @@ from tests.envoy.harness import (
     EnvoyPair,
     EnvoyProcess,
     SdsSource,
-    envoy_pair,
     free_port,
     normalise_serial,
 )
@@ -54,6 +53,7 @@ NAMESPACE = "shop"
 CLIENT, SERVER, INTRUDER = "frontend", "payments", "intruder"
 READY_TIMEOUT = 20.0
 ROUNDS = 2
+PORT_ATTEMPTS = 3
 MESHCA = str(Path(sys.executable).parent / "meshca")
 
 
@@ -286,16 +286,45 @@ def start_agents(
 # --------------------------------------------------------------------------- Envoys
 
 
-def sidecar(agent: Agent, peer: Agent) -> EnvoyConfig:
-    """An Envoy fed by ``agent`` over SDS that accepts only ``peer``'s SPIFFE ID, both as a
-    client (inbound) and as a server (outbound)."""
+def sidecar(agent: Agent, peer: str, inbound_port: int, peer_port: int) -> EnvoyConfig:
+    """An Envoy fed by ``agent`` over SDS whose cluster ``peer`` is ``peer_port``; both ways
+    (as a server and as a client) it accepts only the SPIFFE ID of service account ``peer``."""
     return EnvoyConfig(
         node_id=agent.service_account,
         secrets=SdsSource(agent.sds_socket),
-        inbound_allowed_ids=(peer.spiffe_id,),
-        outbound_allowed_ids=(peer.spiffe_id,),
+        inbound_allowed_ids=(spiffe_id(peer),),
+        outbound_allowed_ids=(spiffe_id(peer),),
         node_cluster="meshca-demo",
+        inbound_port=inbound_port,
+        peer_port=peer_port,
     )
+
+
+def start_sidecar(config: EnvoyConfig, workdir: Path, stack: contextlib.ExitStack) -> EnvoyProcess:
+    """Start an Envoy, stopped by ``stack`` (``EnvoyProcess.start`` stops it if it fails)."""
+    stack.callback(say, f"   envoy {config.node_id}: stopped")
+    return stack.enter_context(EnvoyProcess(config, workdir / "envoy"))
+
+
+def start_pair(
+    client: Agent, server: Agent, workdir: Path, stack: contextlib.ExitStack
+) -> EnvoyPair:
+    """Envoys for ``client`` and ``server`` wired to each other, retried on fresh ports if a
+    pre-allocated port was taken. (Not the harness's ``envoy_pair``: it leaves the first Envoy
+    running when the start of the second is interrupted.)"""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port_a, port_b = free_port(), free_port()
+        with contextlib.ExitStack() as starting:
+            try:
+                a = start_sidecar(sidecar(client, SERVER, port_a, port_b), workdir, starting)
+                b = start_sidecar(sidecar(server, CLIENT, port_b, port_a), workdir, starting)
+            except EnvoyError as error:
+                if attempt == PORT_ATTEMPTS or "address already in use" not in str(error).lower():
+                    raise
+                continue
+            stack.enter_context(starting.pop_all())
+            return EnvoyPair(a, b)
+    raise AssertionError("unreachable")
 
 
 def leaf_serial(envoy: EnvoyProcess) -> str:
@@ -382,21 +411,15 @@ def san_rejections(envoy: EnvoyProcess) -> int:
     return sum(stats.values())
 
 
-def show_intruder(agent: Agent, target: EnvoyProcess, workdir: Path) -> None:
+def show_intruder(
+    agent: Agent, target: EnvoyProcess, workdir: Path, stack: contextlib.ExitStack
+) -> None:
     """An Envoy for ``agent`` (not on ``target``'s allow-list) calls ``target``: refused."""
-    config = EnvoyConfig(
-        node_id=agent.service_account,
-        secrets=SdsSource(agent.sds_socket),
-        inbound_allowed_ids=(spiffe_id(target.config.node_id),),
-        outbound_allowed_ids=(spiffe_id(target.config.node_id),),
-        node_cluster="meshca-demo",
-        inbound_port=free_port(),
-        peer_port=target.inbound_port,
-    )
     before = san_rejections(target)
-    with EnvoyProcess(config, workdir / "envoy") as intruder:
-        intruder.wait_listeners_ready(READY_TIMEOUT)
-        response = intruder.request("/")
+    config = sidecar(agent, target.config.node_id, free_port(), target.inbound_port)
+    intruder = start_sidecar(config, workdir, stack)
+    intruder.wait_listeners_ready(READY_TIMEOUT)
+    response = intruder.request("/")
     refused = san_rejections(target) - before
     if response.status == 200 or refused < 1:
         raise DemoError(
@@ -431,17 +454,14 @@ def tour(workdir: Path, stack: contextlib.ExitStack) -> None:
     say(f"==> starting one agent per service account: {CLIENT}, {SERVER}, {INTRUDER}")
     client, server, intruder = start_agents(ca, [CLIENT, SERVER, INTRUDER], workdir, stack)
     say(f"==> starting Envoys for {CLIENT} and {SERVER}, each accepting only the other")
-    stack.callback(say, f"   envoys {CLIENT} and {SERVER}: stopped")
-    pair = stack.enter_context(
-        envoy_pair(sidecar(client, server), sidecar(server, client), workdir / "envoy")
-    )
+    pair = start_pair(client, server, workdir, stack)
     pair.wait_listeners_ready(READY_TIMEOUT)
     say("\n==> each Envoy's own certificate (admin /certs), delivered by its agent over SDS")
     show_identities(pair)
     say("\n==> requests through the mesh (plain HTTP in, mTLS between the Envoys)")
     show_requests(pair)
     say(f"\n==> an Envoy for {NAMESPACE}/{INTRUDER} calls {SERVER}")
-    show_intruder(intruder, pair.b, workdir)
+    show_intruder(intruder, pair.b, workdir, stack)
     say("")
     show_ledger(workdir)
     say("")
@@ -462,6 +482,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
+    if not Path(MESHCA).exists():
+        say(f"demo: no meshca next to {sys.executable}; run it with `make demo`")
+        return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="meshca-demo-"))
     try:

@@ -49,8 +49,11 @@ class ClientIdentity:
 
 def error_from_rpc(error: grpc.RpcError, address: str) -> MeshcaError:
     """The meshca error for a failed call to the CA at ``address``."""
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (error.details() if isinstance(error, grpc.Call) else None) or code.name
+    if isinstance(error, grpc.Call | grpc.aio.AioRpcError):
+        code, details = error.code(), error.details()
+    else:
+        code, details = grpc.StatusCode.UNKNOWN, None
+    details = details or code.name
     message = f"CA {address}: {details}"
     match code:
         case grpc.StatusCode.UNAUTHENTICATED:

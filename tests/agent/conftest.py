@@ -25,7 +25,8 @@ def sockets() -> Iterator[Path]:
 @pytest.fixture
 def start_agent(sockets: Path) -> Iterator[StartAgent]:
     """``start_agent(served, namespace, service_account, **settings)``: a running agent of that
-    service account (its token freshly minted into a file); stopped at the end of the test."""
+    service account (its token freshly minted into a file, or ``token``); stopped at the end of
+    the test."""
     with ExitStack() as stack:
 
         def start(
@@ -35,10 +36,13 @@ def start_agent(sockets: Path) -> Iterator[StartAgent]:
             *,
             name: str | None = None,
             wait: bool = True,
+            token: str | None = None,
             **overrides: Any,
         ) -> RunningAgent:
             name = name or f"{namespace}-{service_account}"
             token_file = write_token(served.minter, sockets, namespace, service_account)
+            if token is not None:
+                token_file.write_text(token)
             settings = agent_settings(served.ca, sockets, token_file, name=name, **overrides)
             agent = stack.enter_context(running_agent(settings))
             if wait:

@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,6 +104,25 @@ class RunningAgent:
                 return await store.wait_newer(generation)
 
         return self.call(newer(), timeout + 5)
+
+    def wait_new_svid(self, previous: Credentials, timeout: float = 15) -> Credentials:
+        """The credentials once they hold an SVID other than ``previous``'s (bundle updates in
+        between are skipped)."""
+        old = previous.svid.serial_hex if previous.svid is not None else None
+        deadline = time.monotonic() + timeout
+        current = previous
+        while True:
+            current = self.wait_newer(current.generation, max(deadline - time.monotonic(), 0.01))
+            if current.svid is not None and current.svid.serial_hex != old:
+                return current
+
+    def renew_now(self) -> Credentials:
+        """Have the agent renew at once; its credentials once the new SVID is held."""
+        before = self.credentials
+        manager = self.agent.manager
+        assert manager is not None
+        self.loop.call_soon_threadsafe(manager.renew_soon)
+        return self.wait_new_svid(before)
 
     @property
     def credentials(self) -> Credentials:

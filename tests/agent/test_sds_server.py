@@ -50,18 +50,7 @@ def streams(agent: RunningAgent) -> Iterator[Callable[..., SdsStream]]:
 
 def rotate(agent: RunningAgent) -> Credentials:
     """Have the agent renew now; its credentials once the new SVID is held."""
-    before = agent.credentials
-    assert before.svid is not None
-    agent.loop.call_soon_threadsafe(_renew_soon, agent)
-    after = agent.wait_newer(before.generation)
-    assert after.svid is not None
-    assert after.svid.serial_hex != before.svid.serial_hex
-    return after
-
-
-def _renew_soon(agent: RunningAgent) -> None:
-    assert agent.agent.manager is not None
-    agent.agent.manager.renew_soon()
+    return agent.renew_now()
 
 
 def leaf_serial(secret: Any) -> str:
@@ -148,7 +137,9 @@ def test_initial_response_ack_then_a_push_to_every_stream_on_rotation(
         pushed = stream.next()
         assert pushed.version_info != previous.version_info
         assert leaf_serial(unpack_secrets(pushed)["default"]) == rotated.svid.serial_hex
-    assert both.pending() == 0 and cert_only.pending() == 0  # one push each, ACKs got nothing
+    # one push each; the ACKs got nothing
+    assert both.pending() == 0
+    assert cert_only.pending() == 0
     assert metric(agent, "meshca_agent_sds_streams", api="sotw") == 2
 
 

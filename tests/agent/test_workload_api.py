@@ -297,7 +297,8 @@ def test_a_new_root_at_the_ca_reaches_bundles_and_the_x509_source(
     own_ca: RunningCa, launch_agent: AgentFactory
 ) -> None:
     agent = launch_agent(own_ca)
-    agent.wait_ready()
+    before = agent.wait_ready().svid
+    assert before is not None
     [old_root] = ca_roots(own_ca)
 
     with (
@@ -319,6 +320,7 @@ def test_a_new_root_at_the_ca_reaches_bundles_and_the_x509_source(
 
     assert streamed == fetched == {old_root, new_root}
     # a prepared root is trusted but does not sign: the SVID is unchanged and chains to the old one
+    assert held_svid(agent).serial_hex == before.serial_hex
     assert held_svid(agent).chain[-1].issuer == old_root.subject
 
 

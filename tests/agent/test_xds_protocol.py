@@ -57,7 +57,8 @@ def test_first_request_is_answered_with_a_version_and_a_nonce(creds: Credentials
     stream = SotwStream()
     assert stream.on_request(request(DEFAULT, ROOTCA)) is Outcome.INITIAL
     response = stream.respond(creds, force=True)
-    assert response.version_info and response.nonce
+    assert response.version_info
+    assert response.nonce
     assert response.type_url == xds.SECRET_TYPE_URL
     assert secret_names(response) == [DEFAULT, ROOTCA]
 

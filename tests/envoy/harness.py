@@ -578,6 +578,11 @@ class EnvoyProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The process id of the Envoy last started (to tell that it was not restarted)."""
+        return None if self._process is None else self._process.pid
+
     # waiting -------------------------------------------------------------------
 
     def log_tail(self, lines: int = 30) -> str:
@@ -816,10 +821,10 @@ def envoy_pair(
         try:
             envoy_a.start(wait_live=wait_live, timeout=timeout)
             envoy_b.start(wait_live=wait_live, timeout=timeout)
-        except EnvoyError as error:
+        except BaseException as error:  # an interrupt must not leave the first Envoy running
             envoy_a.stop()
             envoy_b.stop()
-            if attempt == attempts or not _port_clash(error):
+            if not isinstance(error, EnvoyError) or attempt == attempts or not _port_clash(error):
                 raise
             continue
         try:

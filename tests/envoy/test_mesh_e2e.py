@@ -138,8 +138,13 @@ class Workload:
         return SdsSource(self.agent.settings.sds_socket, **options)
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.agent.agent.metrics.registry.get_sample_value(name, labels)
-        return value or 0.0
+        """The sum of the agent's samples ``name`` whose labels include ``labels``."""
+        return sum(
+            sample.value
+            for family in self.agent.agent.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
 
 @contextmanager
@@ -225,10 +230,21 @@ def assert_mutual(pair: EnvoyPair, a: Workload, b: Workload) -> None:
     assert normalise_serial(headers["x-peer-serial"]) in b.served
 
 
-def leaf_serials_seen(envoy: EnvoyProcess, seen: set[str], minimum: int) -> bool:
-    """Add the leaf serials ``envoy`` presents now to ``seen``; true once there are enough."""
-    seen |= envoy.leaf_serials()
-    return len(seen) >= minimum
+def wait_leaf_serials(envoy: EnvoyProcess, seen: set[str], minimum: int) -> None:
+    """Poll the leaf serials ``envoy`` presents into ``seen`` until there are ``minimum``."""
+
+    def enough() -> bool:
+        seen.update(envoy.leaf_serials())
+        return len(seen) >= minimum
+
+    envoy.wait_for(enough, f"{minimum} distinct leaf serials in /certs")
+
+
+def wait_peer_saw(envoy: EnvoyProcess, traffic: Traffic, side: str, serial: str) -> None:
+    """Wait until a request from ``side`` reached its peer presenting leaf ``serial``."""
+    envoy.wait_for(
+        lambda: serial in traffic.peer_serials[side], f"a request presenting serial {serial}"
+    )
 
 
 @dataclass
@@ -317,9 +333,9 @@ def test_mtls_pair_with_agent_identities(mesh: Mesh, tmp_path: Path) -> None:
         assert headers["x-upstream-peer-spiffe-id"] == spiffe_id("ns-a", "sa-a")
         assert normalise_serial(headers["x-peer-serial"]) == b.serial
 
-        root_serials = {serial_of(root) for root in x509.load_pem_x509_certificates(
-            mesh.ca.root_pem()
-        )}
+        root_serials = {
+            serial_of(root) for root in x509.load_pem_x509_certificates(mesh.ca.root_pem())
+        }
         for envoy, agent in ((pair.a, a), (pair.b, b)):
             certs = envoy.certs()
             assert len(certs.contexts) == 2  # inbound listener, peer cluster
@@ -364,3 +380,200 @@ def test_wrong_spiffe_id_is_refused(mesh: Mesh, tmp_path: Path) -> None:
                     validator = secrets["ALL"]["validation_context"]["custom_validator_config"]
                     assert validator["name"] == "envoy.tls.cert_validator.spiffe"
                     assert_mutual(pair, a, b)
+
+
+def check_rotation(pair: EnvoyPair, a: Workload, b: Workload, rotations: int) -> Traffic:
+    """Under continuous traffic, wait until each Envoy has presented ``rotations`` new leaves
+    (without a restart) and the peer has seen the newest one; every request must succeed and
+    every serial Envoy presents must be one its agent served. Returns the traffic record."""
+    envoys = {"a": (pair.a, a), "b": (pair.b, b)}
+    first = {side: envoy.leaf_serials() for side, (envoy, _) in envoys.items()}
+    pids = {side: envoy.pid for side, (envoy, _) in envoys.items()}
+    seen: dict[str, set[str]] = {side: set(serials) for side, serials in first.items()}
+    with Traffic(pair) as traffic:
+        for side, (envoy, _) in envoys.items():
+            wait_leaf_serials(envoy, seen[side], len(first[side]) + rotations)
+        for side, (envoy, agent) in envoys.items():
+            wait_peer_saw(envoy, traffic, side, agent.serial)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert traffic.ok > 0
+    for side, (envoy, agent) in envoys.items():
+        assert envoy.pid == pids[side], "Envoy restarted"
+        assert seen[side] <= set(agent.served), (seen[side], agent.served)
+        assert traffic.peer_serials[side] <= set(agent.served)
+    return traffic
+
+
+def test_rotation_with_zero_failed_requests(mesh: Mesh, tmp_path: Path) -> None:
+    """With 5 s SVIDs, each agent rotates at least twice under continuous traffic (a new
+    connection and full handshake per request): no request fails, no Envoy restarts, and what
+    Envoy presents (and the peer sees) is always a certificate its agent served."""
+    ttl = timedelta(seconds=5)
+    with (
+        workload(mesh, "ns-a", "sa-a", ttl=ttl) as a,
+        workload(mesh, "ns-b", "sa-b", ttl=ttl) as b,
+        mesh_pair(tmp_path, a, b) as pair,
+    ):
+        check_rotation(pair, a, b, rotations=2)
+        assert_mutual(pair, a, b)
+
+
+def test_new_root_reaches_envoy_within_a_second(mesh: Mesh, tmp_path: Path) -> None:
+    """A root prepared in the CA's database (another replica, or the admin CLI) is in both
+    Envoys' trust, in every TLS context, within a second: CA bundle check (100 ms here) ->
+    WatchBundle push -> agent -> SDS push. No restart, same leaves, traffic still flows."""
+    with (
+        workload(mesh, "ns-a", "sa-a") as a,
+        workload(mesh, "ns-b", "sa-b") as b,
+        mesh_pair(tmp_path, a, b) as pair,
+    ):
+        pids = (pair.a.pid, pair.b.pid)
+        leaves = (pair.a.leaf_serials(), pair.b.leaf_serials())
+        root = prepare_new_root(mesh.ca.settings)
+        prepared = time.monotonic()
+        new = serial_of(root)
+
+        def trusted_everywhere() -> bool:
+            return all(
+                new in {ca.serial for ca in context.ca_certs}
+                for envoy in (pair.a, pair.b)
+                for context in envoy.certs().contexts
+            )
+
+        pair.a.wait_for(trusted_everywhere, f"new root {new} in both Envoys' trust", 5.0)
+        elapsed = time.monotonic() - prepared
+        assert elapsed < 1.0, f"the new root took {elapsed:.2f}s to reach both Envoys"
+
+        assert (pair.a.pid, pair.b.pid) == pids
+        assert (pair.a.leaf_serials(), pair.b.leaf_serials()) == leaves
+        assert_mutual(pair, a, b)
+
+
+def test_ca_outage_costs_nothing_until_it_returns(minter: TokenMinter, tmp_path: Path) -> None:
+    """The CA stops while two agents hold 10 s SVIDs: traffic keeps flowing on the cached
+    certificates, the agents keep serving them while their renewals fail; a CA started again on
+    the same database and ports is used at once and Envoy presents the renewed leaves, without a
+    single failed request."""
+    port, mtls_port = free_port(), free_port()
+    settings = serving_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'meshca.db'}",
+        minter,
+        listen=f"127.0.0.1:{port}",
+        mtls_listen=f"127.0.0.1:{mtls_port}",
+        **CA_OVERRIDES,
+    )
+    initialise_ca(settings).engine.dispose()
+    ttl = timedelta(seconds=10)
+    with ExitStack() as stack:
+        running: list[RunningCa] = []
+
+        def start_ca() -> RunningCa:
+            ca = RunningCa(settings)
+            ca.start()
+            running.append(ca)
+            return ca
+
+        def stop_ca() -> None:
+            running.pop().stop()
+
+        stack.callback(lambda: running and stop_ca())
+        ca = start_ca()
+        sockets = stack.enter_context(socket_dir())
+        mesh = Mesh(ca, minter, sockets)
+        a = stack.enter_context(workload(mesh, "ns-a", "sa-a", ttl=ttl))
+        b = stack.enter_context(workload(mesh, "ns-b", "sa-b", ttl=ttl))
+        pair = stack.enter_context(mesh_pair(tmp_path, a, b))
+        before = {"a": a.serial, "b": b.serial}
+        assert pair.a.leaf_serials() == {before["a"]}
+        assert pair.b.leaf_serials() == {before["b"]}
+
+        with Traffic(pair) as traffic:
+            stop_ca()
+            assert_mutual(pair, a, b)
+
+            def renewal_failed() -> bool:
+                return all(w.metric(CA_FAILURES, call="create_certificate") >= 1 for w in (a, b))
+
+            wait_until(renewal_failed, "both agents to fail a renewal while the CA is down")
+            # Still serving the SVIDs they had, and Envoy still presents them.
+            assert {"a": a.serial, "b": b.serial} == before
+            assert a.agent.agent.readiness()[0]
+            assert b.agent.agent.readiness()[0]
+            assert pair.a.leaf_serials() == {before["a"]}
+            assert pair.b.leaf_serials() == {before["b"]}
+            assert_mutual(pair, a, b)
+            outage_ok = traffic.ok
+
+            start_ca()
+            for side, envoy, agent in (("a", pair.a, a), ("b", pair.b, b)):
+                seen = {before[side]}
+                wait_leaf_serials(envoy, seen, 2)  # a renewed leaf once the CA is back
+                assert seen <= set(agent.served)
+                wait_peer_saw(envoy, traffic, side, agent.serial)
+        assert traffic.failures == [], traffic.failures[:5]
+        assert outage_ok > 0
+
+
+def test_nack_does_not_make_the_agent_loop(mesh: Mesh, tmp_path: Path) -> None:
+    """An Envoy asks for ``ROOTCA`` where it needs a certificate and rejects it (NACK). The
+    agent counts the NACK and does not resend what was rejected: while its SVID rotates (every
+    ~2 s here) and a healthy Envoy on the same agent gets each new leaf, the rejecting Envoy's
+    streams get nothing more, so the agent's responses grow by one per rotation, not per NACK."""
+    with workload(mesh, "ns-a", "sa-a", ttl=timedelta(seconds=5)) as a:
+        bad = EnvoyProcess(config("envoy-nack", a.source(), cert_secret_name="ROOTCA"), tmp_path)
+        healthy = EnvoyProcess(config("envoy-ok", a.source()), tmp_path)
+        with bad.start(wait_live=False), healthy.start(wait_live=False):
+            healthy.wait_listeners_ready(DEADLINE)
+            bad.wait_stat("sds.ROOTCA.update_rejected", lambda value: value >= 1)
+            wait_until(lambda: a.metric(NACKS, api="sotw") >= 1, "the agent to count the NACK")
+            # One SotW stream per secret subscription: the rejecting Envoy has two (ROOTCA as a
+            # certificate, ROOTCA as trust), the healthy one two (default, ROOTCA).
+            wait_until(lambda: a.metric("meshca_agent_sds_streams", api="sotw") == 4, "4 streams")
+            first = healthy.leaf_serials()
+            start = len(a.served)
+
+            # The observation window: until two rotations have reached the healthy Envoy.
+            wait_leaf_serials(healthy, set(first), len(first) + 2)
+            responses = a.metric(RESPONSES, api="sotw")
+            rotations = len(a.served) - start  # read after: an upper bound for ``responses``
+            assert rotations >= 2
+            # 4 first answers (one per stream), then one per rotation, on the ``default`` stream.
+            assert 4 + 2 <= responses <= 4 + rotations, (responses, rotations)
+            assert a.metric(NACKS, api="sotw") == 1
+            stats = bad.stats("^sds\\.ROOTCA\\.update_rejected$")
+            assert stats["sds.ROOTCA.update_rejected"] == 1
+            assert bad.certs().leaf_serials() == set()  # it never got a usable certificate
+            assert healthy.running
+            assert bad.running
+
+
+def test_delta_xds_gets_secrets_and_rotations(mesh: Mesh, tmp_path: Path) -> None:
+    """Envoys on incremental xDS (``DeltaSecrets``) get their certificates and trust, talk mTLS
+    with the right identities, and pick up rotations with no failed request."""
+    ttl = timedelta(seconds=4)
+    with (
+        workload(mesh, "ns-a", "sa-a", ttl=ttl) as a,
+        workload(mesh, "ns-b", "sa-b", ttl=ttl) as b,
+        mesh_pair(tmp_path, a, b, api=SdsApi.DELTA_GRPC) as pair,
+    ):
+        assert_mutual(pair, a, b)
+        check_rotation(pair, a, b, rotations=1)
+        for agent in (a, b):
+            assert agent.metric(RESPONSES, api="delta") >= 3  # default, ROOTCA, a rotation
+            assert agent.metric(RESPONSES, api="sotw") == 0
+            assert agent.metric(NACKS) == 0
+
+
+def test_node_on_first_message_only(mesh: Mesh, tmp_path: Path) -> None:
+    """An Envoy that names its node only in the first request of a stream
+    (``set_node_on_first_message_only``) gets its secrets and every rotation like the others."""
+    ttl = timedelta(seconds=4)
+    with (
+        workload(mesh, "ns-a", "sa-a", ttl=ttl) as a,
+        workload(mesh, "ns-b", "sa-b", ttl=ttl) as b,
+        mesh_pair(tmp_path, a, b, a_source={"set_node_on_first_message_only": True}) as pair,
+    ):
+        assert_mutual(pair, a, b)
+        check_rotation(pair, a, b, rotations=1)
+        assert a.metric(NACKS) == 0

@@ -131,6 +131,9 @@ class RunningCa:
         self.call(self.server.start())
 
     def stop(self) -> None:
+        """Stop serving (again: nothing)."""
+        if not self._thread.is_alive():
+            return
         try:
             self.call(self.server.stop(grace=1.0))
         finally:
