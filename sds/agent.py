@@ -110,7 +110,7 @@ class Agent:
             settings.token_file,
             self.metrics,
             rng=self._rng,
-            on_change=self._bundle_changed,
+            on_change=self.manager.bundle_changed,
         )
         await self._serve(settings.sds_socket, SdsService(store, self.metrics).handler())
         if settings.workload_api_socket is not None:
@@ -163,13 +163,6 @@ class Agent:
         if self._ops is not None:
             self._ops.stop()
             self._ops = None
-
-    def _bundle_changed(self, old: Bundles, new: Bundles) -> None:
-        """A new signing authority at the CA: re-issue now rather than at the renewal point."""
-        if old.signing_key_id and new.signing_key_id != old.signing_key_id:
-            log.info("the CA's signing authority changed; renewing the X.509-SVID")
-            assert self.manager is not None
-            self.manager.renew_soon()
 
     async def _serve(self, path: Path, handler: grpc.GenericRpcHandler[Any, Any]) -> None:
         prepare_socket_path(path)

@@ -21,7 +21,7 @@ from spiffe import SpiffeId, TrustDomain
 from ca.core.errors import InvalidRequest, MeshcaError, Unauthenticated
 from ca.core.keys import KeyType
 from sds.ca_client import CaClient, ClientIdentity
-from sds.core.credentials import Svid, WorkloadKey, chains_to, parse_pem_chain, split_root
+from sds.core.credentials import Bundles, Svid, WorkloadKey, chains_to, parse_pem_chain, split_root
 from sds.core.renewal import Backoff, RenewalPolicy
 from sds.core.workload_csr import build_csr, generate_workload_key, spiffe_id_for_token
 from sds.credential_store import CredentialStore
@@ -65,11 +65,22 @@ class SvidManager:
         self._rng = rng or random.Random()  # noqa: S311 - timing jitter, not secrets
         self._clock = clock
         self._renew_now = asyncio.Event()
+        self._obtained_at: datetime | None = None
         self.last_error: MeshcaError | None = None
 
     def renew_soon(self) -> None:
         """Renew at once rather than at the renewal point (e.g. the CA's signing key changed)."""
         self._renew_now.set()
+
+    def bundle_changed(self, old: Bundles, new: Bundles) -> None:
+        """A new signing authority at the CA: re-issue now rather than at the renewal point, so
+        a root rotation does not wait for every SVID's normal renewal."""
+        if new.signer_changed_from(old):
+            log.info(
+                "the CA's signing authority changed; renewing the X.509-SVID",
+                extra={"signing_key_id": new.signing_key_id},
+            )
+            self.renew_soon()
 
     async def run(self) -> None:
         while True:
@@ -82,6 +93,7 @@ class SvidManager:
                 continue
             self._backoff.reset()
             self.last_error = None
+            self._obtained_at = self._clock()
             self._store.set_svid(svid)
             self._metrics.rotations.labels(via).inc()
             log.info(
@@ -98,7 +110,9 @@ class SvidManager:
         svid = self._store.current.svid
         if svid is None:
             return
-        renew_at = self._policy.renew_at(svid.not_before, svid.not_after, self._rng)
+        renew_at = self._policy.renew_at(
+            svid.not_before, svid.not_after, self._rng, received_at=self._obtained_at
+        )
         await self._sleep(renew_at - self._clock())
         self._renew_now.clear()
 

@@ -97,6 +97,11 @@ class Bundles:
                     "empty_bundle", f"the bundle of {trust_domain.name} has no certificate"
                 )
 
+    def signer_changed_from(self, old: Bundles) -> bool:
+        """Whether the CA signs with another authority than when ``old`` was received (a bundle
+        received before the CA named its signer does not count)."""
+        return bool(old.signing_key_id) and self.signing_key_id != old.signing_key_id
+
     def all_roots(self) -> list[x509.Certificate]:
         """Every trusted root, of every trust domain, without duplicates."""
         seen: set[bytes] = set()

@@ -28,8 +28,22 @@ class RenewalPolicy:
         if not 0.0 <= self.jitter < 0.5:
             raise ValueError(f"jitter must be between 0 and 0.5, not {self.jitter}")
 
-    def renew_at(self, not_before: datetime, not_after: datetime, rng: random.Random) -> datetime:
-        """The moment to start renewing a certificate valid from ``not_before`` to ``not_after``."""
+    def renew_at(
+        self,
+        not_before: datetime,
+        not_after: datetime,
+        rng: random.Random,
+        *,
+        received_at: datetime | None = None,
+    ) -> datetime:
+        """The moment to start renewing a certificate valid from ``not_before`` to ``not_after``.
+
+        NotBefore is backdated for clock skew (60 s by default), so the lifetime counts from
+        ``received_at`` when that is later: a TTL shorter than the backdating would otherwise be
+        due the moment it arrives.
+        """
+        if received_at is not None:
+            not_before = max(not_before, min(received_at, not_after))
         fraction = self.grace_ratio + self.jitter * (2.0 * rng.random() - 1.0)
         fraction = min(max(fraction, _EARLIEST), _LATEST)
         return not_before + (not_after - not_before) * fraction

@@ -101,6 +101,8 @@ class SotwStream:
         ``force`` answers even when the content is what was last sent (a changed subscription
         must be answered). Raises :class:`UnknownResources` for names the agent does not serve.
         """
+        if not self.names:
+            return None  # nothing asked for yet
         resolution = secrets.resolve(self.names, credentials)
         if resolution.unknown:
             raise UnknownResources(resolution.unknown)

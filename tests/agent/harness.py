@@ -116,6 +116,15 @@ class RunningAgent:
             if current.svid is not None and current.svid.serial_hex != old:
                 return current
 
+    def wait_until_bundle_synced(self, timeout: float = 15) -> Credentials:
+        """The credentials once the first bundle from the CA's stream is held (it names the
+        signing key)."""
+        current = self.credentials
+        deadline = time.monotonic() + timeout
+        while not current.bundles.signing_key_id:
+            current = self.wait_newer(current.generation, max(deadline - time.monotonic(), 0.01))
+        return current
+
     def renew_now(self) -> Credentials:
         """Have the agent renew at once; its credentials once the new SVID is held."""
         before = self.credentials

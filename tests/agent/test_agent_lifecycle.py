@@ -4,6 +4,7 @@ and for the bundle stream), and stops serving an SVID that expired while the CA 
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections.abc import Callable
@@ -190,3 +191,21 @@ def test_an_svid_that_expires_while_the_ca_is_away_is_no_longer_served(
     ready, detail = agent.agent.readiness()
     assert not ready
     assert "CA 127.0.0.1" in detail
+
+
+def test_a_new_signing_authority_in_the_bundle_triggers_renewal(
+    sqlite_url: str, serve: Callable[..., Served], start_agent: StartAgent
+) -> None:
+    served = serve(sqlite_url)
+    agent = start_agent(served)
+    manager = agent.agent.manager
+    assert manager is not None
+    held = agent.wait_until_bundle_synced()
+    # what the bundle stream reports when the CA activates another authority
+    new_signer = dataclasses.replace(
+        held.bundles, sequence=held.bundles.sequence + 1, signing_key_id="0" * 32
+    )
+    agent.loop.call_soon_threadsafe(manager.bundle_changed, held.bundles, new_signer)
+    renewed = agent.wait_new_svid(held, timeout=5)  # at once: the SVID lives 24 hours
+    assert metric(agent, "meshca_agent_svid_rotations_total", via="token") == 2
+    assert renewed.svid is not None

@@ -3,6 +3,8 @@ wrong SPIFFE ID, or a chain that does not lead to the bundle."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -45,3 +47,15 @@ def test_chains_to_the_bundle_or_not(workload_ca: WorkloadCa) -> None:
     assert not chains_to(svid.chain, [WorkloadCa().root.certificate])
     assert not chains_to(svid.chain[:1], [workload_ca.root.certificate])  # intermediate missing
     assert not chains_to((), [workload_ca.root.certificate])
+
+
+def test_a_signer_change_is_a_new_signing_key_id_after_a_known_one(
+    workload_ca: WorkloadCa,
+) -> None:
+    start = workload_ca.bundles()  # from --ca-root: the signer is not known yet
+    first = dataclasses.replace(start, sequence=2, signing_key_id="a" * 32)
+    prepared = dataclasses.replace(first, sequence=3)  # a new root trusted, same signer
+    activated = dataclasses.replace(prepared, sequence=4, signing_key_id="b" * 32)
+    assert not first.signer_changed_from(start)
+    assert not prepared.signer_changed_from(first)
+    assert activated.signer_changed_from(prepared)

@@ -21,6 +21,23 @@ def test_renewal_is_at_the_grace_ratio_without_jitter() -> None:
     assert late.renew_at(START, START + DAY, random.Random(1)) == START + DAY * 0.8
 
 
+def test_the_lifetime_counts_from_receipt_not_from_the_backdated_not_before() -> None:
+    """A 30 s SVID backdated 60 s: half-way is 15 s after it arrived, not 15 s before."""
+    policy = RenewalPolicy(grace_ratio=0.5, jitter=0.0)
+    received = START + timedelta(seconds=60)
+    not_after = received + timedelta(seconds=30)
+    renew = policy.renew_at(START, not_after, random.Random(1), received_at=received)
+    assert renew == received + timedelta(seconds=15)
+    # an SVID that was not backdated, or a receipt time before NotBefore, changes nothing
+    assert (
+        policy.renew_at(START, START + DAY, random.Random(1), received_at=START) == START + DAY / 2
+    )
+    early = START - timedelta(hours=1)
+    assert (
+        policy.renew_at(START, START + DAY, random.Random(1), received_at=early) == START + DAY / 2
+    )
+
+
 def test_jitter_spreads_a_fleet_within_its_bounds() -> None:
     policy = RenewalPolicy(grace_ratio=0.5, jitter=0.05)
     rng = random.Random(7)

@@ -63,6 +63,12 @@ def test_first_request_is_answered_with_a_version_and_a_nonce(creds: Credentials
     assert secret_names(response) == [DEFAULT, ROOTCA]
 
 
+def test_nothing_is_pushed_before_the_first_request(creds: Credentials) -> None:
+    assert SotwStream().respond(creds) is None
+    assert SotwStream().respond(creds, force=True) is None
+    assert DeltaStream().respond(creds) is None
+
+
 def test_ack_changes_nothing(creds: Credentials) -> None:
     stream = SotwStream()
     stream.on_request(request(DEFAULT))

@@ -6,9 +6,10 @@ refused, certificates rotate (and new roots arrive) with no failed request and n
 an unreachable CA costs nothing until the certificates expire, an Envoy that rejects a secret
 does not make its agent loop, and both xDS flavours (state of the world, delta) work.
 
-Timing: the CA backdates NotBefore by only 1 s here (its default, 60 s, is longer than the
-few-second TTLs these tests use and would put the renewal point in the past), so an SVID of TTL
-``t`` lives ``t + 1`` s and is renewed half-way.
+Timing: the CA backdates NotBefore by at most 1 s here (its default, 60 s, is longer than the
+few-second TTLs these tests use, and the agent measures the lifetime from NotBefore: the renewal
+point would be in the past), so an SVID of TTL ``t`` lives at most ``t + 1`` s and is renewed
+about half-way.
 """
 
 from __future__ import annotations
