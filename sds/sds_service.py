@@ -93,6 +93,10 @@ class SdsService:
                 yield response
 
     async def fetch_secrets(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if not request.resource_names:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "name the secrets to fetch (resource_names)"
+            )
         stream = SotwStream()
         stream.on_request(request)
         credentials = self._store.current

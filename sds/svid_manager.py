@@ -85,6 +85,7 @@ class SvidManager:
     async def run(self) -> None:
         while True:
             await self._wait_for_renewal_point()
+            self._renew_now.clear()  # this attempt answers any request to renew so far
             try:
                 svid, via = await self._obtain()
             except MeshcaError as error:
@@ -114,7 +115,6 @@ class SvidManager:
             svid.not_before, svid.not_after, self._rng, received_at=self._obtained_at
         )
         await self._sleep(renew_at - self._clock())
-        self._renew_now.clear()
 
     async def _sleep(self, delay: timedelta) -> None:
         """Sleep ``delay``, cut short by :meth:`renew_soon`; drop an SVID that expires meanwhile."""

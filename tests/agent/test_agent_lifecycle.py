@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca.core.records import IssuedRecord
 from tests.agent.conftest import StartAgent
 from tests.agent.harness import RunningAgent
 from tests.server.conftest import Served, wait_until
@@ -24,6 +25,11 @@ SHORT = {"backdate": timedelta(0)}  # lifetimes exactly as requested, for short-
 
 def metric(agent: RunningAgent, name: str, **labels: str) -> float:
     return agent.agent.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def ledger_serials(rows: Iterable[IssuedRecord]) -> set[int]:
+    """Serials as numbers: the ledger writes 32 hex digits, leading zeros included."""
+    return {int(row.serial, 16) for row in rows}
 
 
 def free_port() -> int:
@@ -51,7 +57,7 @@ def test_renews_at_the_grace_ratio_before_expiry(
         seen.append(current)
     assert metric(agent, "meshca_agent_svid_rotations_total", via="token") == 3
     rows = served.workload_rows()
-    assert {r.serial for r in rows} >= {c.svid.serial_hex for c in seen if c.svid}
+    assert ledger_serials(rows) >= {c.svid.leaf.serial_number for c in seen if c.svid}
 
 
 def test_the_token_is_read_again_for_every_call(
@@ -65,7 +71,8 @@ def test_the_token_is_read_again_for_every_call(
     )
     renewed = agent.renew_now()
     assert renewed.svid is not None
-    row = next(r for r in served.workload_rows() if r.serial == renewed.svid.serial_hex)
+    serial = renewed.svid.leaf.serial_number
+    row = next(r for r in served.workload_rows() if int(r.serial, 16) == serial)
     assert row.pod_name == "web-rotated"
 
 
@@ -170,7 +177,7 @@ def test_the_bundle_stream_fails_over_when_a_replica_stops(
     # and issuance goes to the second replica too
     renewed = agent.renew_now()
     assert renewed.svid is not None
-    assert renewed.svid.serial_hex in {r.serial for r in second.workload_rows()}
+    assert renewed.svid.leaf.serial_number in ledger_serials(second.workload_rows())
 
 
 def test_an_svid_that_expires_while_the_ca_is_away_is_no_longer_served(
@@ -209,3 +216,31 @@ def test_a_new_signing_authority_in_the_bundle_triggers_renewal(
     renewed = agent.wait_new_svid(held, timeout=5)  # at once: the SVID lives 24 hours
     assert metric(agent, "meshca_agent_svid_rotations_total", via="token") == 2
     assert renewed.svid is not None
+
+
+def test_failures_back_off_even_when_a_renewal_was_asked_for(
+    sqlite_url: str, serve: Callable[..., Served], start_agent: StartAgent
+) -> None:
+    """A request to renew (a new signer) while the CA is unreachable must not defeat backoff."""
+    served = serve(sqlite_url)
+    agent = start_agent(
+        served, wait=False, ca_address=[f"127.0.0.1:{free_port()}"], ca_mtls_address=[]
+    )
+    manager = agent.agent.manager
+    assert manager is not None
+
+    def failures() -> float:
+        return metric(
+            agent,
+            "meshca_agent_ca_call_failures_total",
+            call="create_certificate",
+            reason="ca_unavailable",
+        )
+
+    wait_until(lambda: failures() >= 1 or None, timeout=10, what="a first failure")
+    agent.loop.call_soon_threadsafe(manager.renew_soon)
+    started, counted = time.monotonic(), failures()
+    wait_until(lambda: failures() >= counted + 4 or None, timeout=20, what="four more failures")
+    # backoff ceilings from 0.2 s doubling, each delay at least half its ceiling: 4 more
+    # attempts take at least 0.1 + 0.2 + 0.4 = 0.7 s after the one renew_soon cut short
+    assert time.monotonic() - started >= 0.7

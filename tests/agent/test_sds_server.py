@@ -106,6 +106,12 @@ def test_unknown_names_get_not_found_and_the_agent_serves_on(
     assert metric(agent, "meshca_agent_sds_request_errors_total", reason="unknown_resource") == 1
 
 
+def test_fetch_without_names_is_invalid(agent: RunningAgent) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        fetch_secrets(agent.sds_target)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_a_stream_asking_for_an_unknown_name_ends_with_not_found(
     agent: RunningAgent, streams: Callable[..., SdsStream]
 ) -> None:
