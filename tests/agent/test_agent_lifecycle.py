@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ca.core.records import IssuedRecord
 from tests.agent.conftest import StartAgent
@@ -244,3 +245,28 @@ def test_failures_back_off_even_when_a_renewal_was_asked_for(
     # backoff ceilings from 0.2 s doubling, each delay at least half its ceiling: 4 more
     # attempts take at least 0.1 + 0.2 + 0.4 = 0.7 s after the one renew_soon cut short
     assert time.monotonic() - started >= 0.7
+
+
+@pytest.mark.parametrize(
+    ("key_type", "algorithm", "size"),
+    [
+        ("ec-p256", ec.EllipticCurvePrivateKey, 256),
+        ("ec-p384", ec.EllipticCurvePrivateKey, 384),
+        ("rsa-2048", rsa.RSAPrivateKey, 2048),
+    ],
+)
+def test_every_workload_key_type_is_issued(
+    sqlite_url: str,
+    serve: Callable[..., Served],
+    start_agent: StartAgent,
+    key_type: str,
+    algorithm: type,
+    size: int,
+) -> None:
+    served = serve(sqlite_url)
+    agent = start_agent(served, key_type=key_type)
+    svid = agent.credentials.svid
+    assert svid is not None
+    assert isinstance(svid.key, algorithm)
+    assert svid.key.key_size == size
+    assert svid.leaf.public_key() == svid.key.public_key()
