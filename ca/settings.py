@@ -22,7 +22,9 @@ from ca.core.errors import ConfigurationError, InvalidRequest
 from ca.core.identity import parse_trust_domain
 from ca.core.issuer import DEFAULT_BACKDATE
 from ca.core.keys import KeyType
-from ca.storage.engine import DEFAULT_DB_URL
+
+#: The embedded default database: a SQLite file in the working directory.
+DEFAULT_DB_URL = "sqlite:///./meshca.db"
 
 
 def _duration(value: Any) -> Any:

@@ -8,7 +8,8 @@ import os
 from alembic import context
 from sqlalchemy import Engine
 
-from ca.storage.engine import DEFAULT_DB_URL, make_engine
+from ca.settings import DEFAULT_DB_URL
+from ca.storage.engine import make_engine
 from ca.storage.models import Base
 
 config = context.config

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from ca.cli.common import DURATION, CliState, pass_state
-from ca.cli.serve_command import _log_level, _many
+from ca.cli.common import DURATION, CliState, many_values, pass_state, service_log_level
 from ca.logs import configure_logging
 from ca.settings import load_into
 from sds.agent import run_agent
@@ -59,8 +58,9 @@ def agent(state: CliState, /, **options: Any) -> None:
         --token-file /var/run/secrets/tokens/meshca-token --sds-socket /etc/sds/socket
     """
     flags = {
-        name: _many(value) if isinstance(value, tuple) else value for name, value in options.items()
+        name: many_values(value) if isinstance(value, tuple) else value
+        for name, value in options.items()
     }
     settings = load_into(AgentSettings, state.config_file, **flags)
-    configure_logging(_log_level(), settings.log_format)
+    configure_logging(service_log_level(), settings.log_format)
     asyncio.run(run_agent(settings))

@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ca.cli.output import FORMATS
 from ca.cli.timeparse import parse_time
 from ca.core.durations import parse_duration
-from ca.runtime import CaRuntime
 from ca.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from ca.runtime import CaRuntime
 
 
 @dataclass
@@ -27,6 +29,8 @@ class CliState:
         return load_settings(self.config_file, **{**self.flags, **command_flags})
 
     def runtime(self, **command_flags: Any) -> CaRuntime:
+        from ca.runtime import CaRuntime  # noqa: PLC0415 - keeps `meshca agent` free of storage
+
         return CaRuntime(self.settings(**command_flags))
 
 
@@ -128,3 +132,18 @@ format_option = click.option(
     show_default=True,
     help="table for people, json (stable, documented) or csv for tools.",
 )
+
+
+def many_values(values: tuple[str, ...]) -> list[str] | None:
+    """Repeated (or comma-separated) flag values; ``None`` when the flag was not given."""
+    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    return items or None
+
+
+def service_log_level() -> str:
+    """A long-running service (the CA server, the agent) logs at info unless ``--log-level``
+    (or ``MESHCA_LOG_LEVEL``) says otherwise."""
+    root = click.get_current_context().find_root()
+    if root.get_parameter_source("log_level") == click.core.ParameterSource.DEFAULT:
+        return "info"
+    return str(root.params["log_level"])

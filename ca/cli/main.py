@@ -7,19 +7,14 @@ exit 2 usage, 3 configuration, 4 request refused, 5 database unavailable, 70 int
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
 
 import click
 
-from ca.cli.agent_command import agent
-from ca.cli.audit_commands import audit
-from ca.cli.ca_commands import ca
 from ca.cli.common import CliState, connection_options
-from ca.cli.db_commands import db
-from ca.cli.dev_commands import dev
-from ca.cli.root_commands import root
 from ca.core.errors import (
     ConfigurationError,
     InternalError,
@@ -38,7 +33,36 @@ EXIT_CODES: dict[type[MeshcaError], int] = {
 }
 
 
+#: Each command's module, imported only when that command runs: `meshca agent` (one per pod)
+#: starts without loading the CA's storage, server and migration code.
+COMMANDS = {
+    "agent": "ca.cli.agent_command:agent",
+    "audit": "ca.cli.audit_commands:audit",
+    "ca": "ca.cli.ca_commands:ca",
+    "db": "ca.cli.db_commands:db",
+    "dev": "ca.cli.dev_commands:dev",
+    "root": "ca.cli.root_commands:root",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
 @click.group(
+    cls=LazyGroup,
     params=connection_options(read_env=True),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -55,14 +79,6 @@ def cli(log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-
-
-cli.add_command(ca)
-cli.add_command(root)
-cli.add_command(audit)
-cli.add_command(db)
-cli.add_command(dev)
-cli.add_command(agent)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -8,19 +8,20 @@ from typing import Any
 import click
 
 from ca.auth.factory import verifier_factory
-from ca.cli.common import DURATION, CliState, MeshcaCommand, pass_state
+from ca.cli.common import (
+    DURATION,
+    CliState,
+    MeshcaCommand,
+    many_values,
+    pass_state,
+    service_log_level,
+)
 from ca.core.keys import CA_KEY_TYPES
 from ca.logs import configure_logging
 from ca.server.process import serve as run_server
 from ca.storage import migrate
 
 SERVER_ACTOR = "meshca-server"
-
-
-def _many(values: tuple[str, ...]) -> list[str] | None:
-    """Repeated (or comma-separated) flag values; ``None`` when the flag was not given."""
-    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
-    return items or None
 
 
 @click.command(cls=MeshcaCommand)
@@ -86,20 +87,12 @@ def serve(state: CliState, /, **options: Any) -> None:
     """
     flags = _settings_flags(options)
     settings = state.settings(**flags)
-    configure_logging(_log_level(), settings.log_format)
+    configure_logging(service_log_level(), settings.log_format)
     runtime = state.runtime(**flags)
     migrate.upgrade(runtime.engine)
     runtime.initialise(from_dir=None, exist_ok=True, actor=SERVER_ACTOR)
     runtime.engine.dispose()
     run_server(settings, verifier_factory)
-
-
-def _log_level() -> str:
-    """The server logs at info unless ``--log-level`` (or ``MESHCA_LOG_LEVEL``) says otherwise."""
-    root = click.get_current_context().find_root()
-    if root.get_parameter_source("log_level") == click.core.ParameterSource.DEFAULT:
-        return "info"
-    return str(root.params["log_level"])
 
 
 def _settings_flags(options: dict[str, Any]) -> dict[str, Any]:
@@ -110,5 +103,5 @@ def _settings_flags(options: dict[str, Any]) -> dict[str, Any]:
     }
     flags: dict[str, Any] = {}
     for name, value in options.items():
-        flags[renamed.get(name, name)] = _many(value) if isinstance(value, tuple) else value
+        flags[renamed.get(name, name)] = many_values(value) if isinstance(value, tuple) else value
     return flags

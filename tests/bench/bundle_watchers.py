@@ -1,17 +1,21 @@
 """Load process for ``bench_agent.py``: many concurrent ``WatchBundle`` streams to one CA, opened
 with grpc.aio over a handful of TLS channels, in a process of its own (started with the
-multiprocessing ``spawn`` method, driven over a pipe).
+multiprocessing ``spawn`` method, driven over a pipe). All streams are opened at once, as after
+a CA restart; an open the server refuses (gRPC's pending-call limit cancels bursts) is retried
+with jittered back-off like the agent's BundleWatch, and counted.
 
 Protocol on the pipe (dicts): the child sends ``ready`` once every stream has received its first
 bundle (or the open deadline passed), with the counts and the sequence seen; the parent then
 changes the CA's bundle and sends ``go``; the child sends ``done`` with, for every stream that
-saw a newer sequence, the ``time.time()`` at which it arrived, once all have (or the deadline).
+saw a newer sequence, the ``time.time()`` at which it arrived, once all have (or the deadline);
+every stream stays open until the parent sends ``stop``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
 import resource
 import time
 from collections import Counter
@@ -33,10 +37,13 @@ class _State:
     base: int | None = None
     updated: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)  # open attempts refused, retried
+    refusal_samples: list[str] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     all_first: asyncio.Event = field(default_factory=asyncio.Event)
     go: asyncio.Event = field(default_factory=asyncio.Event)
     all_updated: asyncio.Event = field(default_factory=asyncio.Event)
+    finish: asyncio.Event = field(default_factory=asyncio.Event)
     total: int = 0
 
 
@@ -49,6 +56,31 @@ def raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+async def _open(
+    call: grpc.aio.UnaryStreamMultiCallable[methods.WatchBundleRequest, methods.TrustBundleMessage],
+    metadata: tuple[tuple[str, str], ...],
+    state: _State,
+) -> tuple[Any, methods.TrustBundleMessage] | None:
+    """Open one stream and read its first bundle, retrying refusals with jittered exponential
+    back-off (0.2 s doubling to 5 s) as the agent's BundleWatch does."""
+    delay = 0.2
+    while True:
+        stream = call(methods.WatchBundleRequest(), metadata=metadata)
+        try:
+            message = await stream.read()
+        except grpc.aio.AioRpcError as error:
+            state.refused[error.code().name] += 1
+            if len(state.refusal_samples) < 3:
+                state.refusal_samples.append(f"{error.code().name}: {error.details()}")
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+            continue
+        if message is grpc.aio.EOF:
+            state.errors["EOF before first message"] += 1
+            return None
+        return stream, message
+
+
 async def _stream(
     index: int,
     call: grpc.aio.UnaryStreamMultiCallable[methods.WatchBundleRequest, methods.TrustBundleMessage],
@@ -56,12 +88,11 @@ async def _stream(
     state: _State,
 ) -> None:
     metadata = (("authorization", f"Bearer {token}"),)
+    opened = await _open(call, metadata, state)
+    if opened is None:
+        return
+    stream, message = opened
     try:
-        stream = call(methods.WatchBundleRequest(), metadata=metadata)
-        message = await stream.read()
-        if message is grpc.aio.EOF:
-            state.errors["EOF before first message"] += 1
-            return
         state.first += 1
         state.first_sequences[message.sequence] += 1
         if state.first == state.total:
@@ -78,13 +109,12 @@ async def _stream(
                 if len(state.updated) == state.total:
                     state.all_updated.set()
                 break
+        await state.finish.wait()  # keep the stream open until the parent has read the CA
         stream.cancel()
     except grpc.aio.AioRpcError as error:
         state.errors[error.code().name] += 1
         if len(state.error_samples) < 5:
             state.error_samples.append(f"stream {index}: {error.code().name}: {error.details()}")
-    except asyncio.CancelledError:
-        raise
 
 
 async def _main(
@@ -123,6 +153,8 @@ async def _main(
             "sequences": sequences,
             "errors": dict(state.errors),
             "error_samples": state.error_samples,
+            "refused": dict(state.refused),
+            "refusal_samples": state.refusal_samples,
         }
     )
     order: dict[str, Any] = await loop.run_in_executor(None, conn.recv)
@@ -154,6 +186,8 @@ async def _main(
             "max_rss_mib": usage.ru_maxrss / 1024,
         }
     )
+    await loop.run_in_executor(None, conn.recv)  # "stop": streams stay open until then
+    state.finish.set()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
