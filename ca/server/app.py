@@ -43,6 +43,10 @@ _SERVER_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_receive_message_length", 256 * 1024),
+    # Calls wait here until the server picks them up; every agent reconnecting at once after a
+    # restart (thousands of WatchBundle streams) must queue, not be CANCELLED.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 20_000),
 ]
 
 

@@ -41,6 +41,14 @@ class BundleService:
     def __init__(self, authenticator: CallerAuthenticator, watch: AuthorityWatch) -> None:
         self._authenticator = authenticator
         self._watch = watch
+        self._built: tuple[int, TrustBundleMessage] | None = None
+
+    def _message(self, snapshot: CaSnapshot) -> TrustBundleMessage:
+        """The message for ``snapshot``, built once for every stream it goes to (10,000 streams
+        would otherwise PEM-encode every root 10,000 times per change). Never modified."""
+        if self._built is None or self._built[0] != snapshot.sequence:
+            self._built = (snapshot.sequence, bundle_message(snapshot))
+        return self._built[1]
 
     async def watch_bundle(
         self, request: WatchBundleRequest, context: _Context
@@ -62,10 +70,10 @@ class BundleService:
         metrics.BUNDLE_WATCHERS.inc()
         try:
             snapshot = self._watch.current
-            yield bundle_message(snapshot)
+            yield self._message(snapshot)
             while True:
                 snapshot = await self._watch.wait_for_change(snapshot.sequence)
-                yield bundle_message(snapshot)
+                yield self._message(snapshot)
         finally:
             metrics.BUNDLE_WATCHERS.dec()
             log.info("bundle watch closed", extra={"request_id": request_id})
