@@ -7,7 +7,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -41,6 +48,16 @@ def _comma_list(value: Any) -> Any:
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
 
+
+def _trust_domain_name(value: str) -> str:
+    try:
+        return parse_trust_domain(value).name
+    except InvalidRequest as exc:
+        raise ValueError(exc.message) from None
+
+
+# A trust domain name, normalised (``spiffe://cluster.local`` is accepted as ``cluster.local``).
+TrustDomainName = Annotated[str, AfterValidator(_trust_domain_name)]
 
 # A list given as "a,b,c" in the environment (or as a TOML array, or repeated flags).
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
@@ -88,7 +105,7 @@ class Settings(TomlSettings):
 
     db_url: str = Field(DEFAULT_DB_URL, description="SQLAlchemy database URL")
     kek_file: Path = Field(Path("meshca.kek"), description="key-encryption key file (0600)")
-    trust_domain: str = Field("cluster.local", description="SPIFFE trust domain")
+    trust_domain: TrustDomainName = Field("cluster.local", description="SPIFFE trust domain")
     key_type: KeyType = Field(KeyType.EC_P256, description="CA key type for `ca init`")
     root_ttl: Duration = Field(timedelta(days=3650), description="lifetime of a new root")
     intermediate_ttl: Duration = Field(
@@ -157,14 +174,6 @@ class Settings(TomlSettings):
     bundle_refresh_interval: Duration = Field(
         timedelta(seconds=1), description="how often the database is checked for CA changes"
     )
-
-    @field_validator("trust_domain")
-    @classmethod
-    def _valid_trust_domain(cls, value: str) -> str:
-        try:
-            return parse_trust_domain(value).name
-        except InvalidRequest as exc:
-            raise ValueError(exc.message) from None
 
     @field_validator("jwt_algorithms")
     @classmethod

@@ -10,10 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from ca.core.errors import InvalidRequest
-from ca.core.identity import parse_trust_domain
 from ca.core.keys import KeyType
-from ca.settings import CommaList, Duration, TomlSettings
+from ca.settings import CommaList, Duration, TomlSettings, TrustDomainName
 from sds.core.workload_csr import WORKLOAD_KEY_TYPES
 
 #: Longest unix socket path Linux accepts (``sun_path`` is 108 bytes with the final NUL).
@@ -41,7 +39,7 @@ class AgentSettings(TomlSettings):
     workload_api_socket: Path | None = Field(
         None, description="unix socket serving the SPIFFE Workload API (optional)"
     )
-    trust_domain: str = Field("cluster.local", description="SPIFFE trust domain")
+    trust_domain: TrustDomainName = Field("cluster.local", description="SPIFFE trust domain")
     key_type: KeyType = Field(KeyType.EC_P256, description="workload key type")
     ttl: Duration = Field(timedelta(hours=24), description="requested SVID lifetime")
     grace_ratio: float = Field(
@@ -55,14 +53,6 @@ class AgentSettings(TomlSettings):
         "127.0.0.1:15020", description="HTTP address of /metrics, /healthz, /readyz; 'off'"
     )
     log_format: Literal["text", "json"] = Field("text", description="log line format")
-
-    @field_validator("trust_domain")
-    @classmethod
-    def _valid_trust_domain(cls, value: str) -> str:
-        try:
-            return parse_trust_domain(value).name
-        except InvalidRequest as exc:
-            raise ValueError(exc.message) from None
 
     @field_validator("key_type")
     @classmethod

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from spiffe import SpiffeId, TrustDomain
 
 from ca.core.errors import ConfigurationError, Unauthenticated
-from ca.core.keys import KeyType
+from ca.core.keys import KeyType, generate_private_key
 from ca.core.sa_token import parse_service_account_username
 from sds.core.credentials import WorkloadKey
 
@@ -20,19 +20,15 @@ WORKLOAD_KEY_TYPES = (KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048)
 
 def generate_workload_key(key_type: KeyType) -> WorkloadKey:
     """A new private key of ``key_type``, in memory only."""
-    match key_type:
-        case KeyType.EC_P256:
-            return ec.generate_private_key(ec.SECP256R1())
-        case KeyType.EC_P384:
-            return ec.generate_private_key(ec.SECP384R1())
-        case KeyType.RSA_2048:
-            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        case _:
-            raise ConfigurationError(
-                "unsupported_key_type",
-                f"workload key type {key_type} is not supported; choose "
-                + ", ".join(WORKLOAD_KEY_TYPES),
-            )
+    if key_type not in WORKLOAD_KEY_TYPES:
+        raise ConfigurationError(
+            "unsupported_key_type",
+            f"workload key type {key_type} is not supported; choose "
+            + ", ".join(WORKLOAD_KEY_TYPES),
+        )
+    key = generate_private_key(key_type)
+    assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    return key
 
 
 def spiffe_id_for_token(token: str, trust_domain: TrustDomain) -> SpiffeId:

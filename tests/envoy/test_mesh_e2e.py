@@ -38,6 +38,7 @@ from tests.envoy.harness import (
     free_port,
     normalise_serial,
 )
+from tests.server.conftest import wait_until as poll_until
 from tests.server.harness import (
     RunningCa,
     TokenMinter,
@@ -73,14 +74,7 @@ def serial_of(cert: x509.Certificate) -> str:
 
 def wait_until(condition: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:
     """Poll ``condition`` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+    return poll_until(condition, timeout=timeout, what=what)
 
 
 # --------------------------------------------------------------------------- the parts
