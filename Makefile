@@ -37,10 +37,12 @@ format: $(STAMP)
 	$(BIN)/ruff format ca sds migrations tests scripts
 	$(BIN)/ruff check --fix ca sds migrations tests scripts
 
-## bench: issuance throughput in process and over gRPC with TLS (SQLite and PostgreSQL).
+## bench: issuance throughput in process and over gRPC with TLS (SQLite and PostgreSQL),
+## then the agent: start-up, bundle push to 20 Envoys, 10,000 WatchBundle streams, RSS.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_issuance.py
 	$(BIN)/python tests/bench/bench_grpc.py
+	$(BIN)/python tests/bench/bench_agent.py
 
 ## protos: regenerate ca/api/*_pb2.py(i) from proto/ (tests check they are current).
 protos: $(STAMP)
