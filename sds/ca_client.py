@@ -121,8 +121,7 @@ class CaClient:
                     raise last from None
             self._prefer(kind, address)
             return list(response.cert_chain)
-        assert last is not None
-        raise last
+        raise last or Unavailable("ca_unavailable", f"no CA address for {kind} calls")
 
     async def watch_bundle(
         self, identity: ClientIdentity
@@ -148,8 +147,7 @@ class CaClient:
                         raise last from None
                     continue
                 return
-        assert last is not None
-        raise last
+        raise last or Unavailable("ca_unavailable", f"no CA address for {kind} calls")
 
     def _rotation(self, kind: str) -> list[str]:
         addresses = self._mtls_addresses if kind == "mtls" else self._addresses
