@@ -43,9 +43,9 @@ from tests.envoy.harness import (
     EnvoyPair,
     EnvoyProcess,
     SdsSource,
-    free_port,
     normalise_serial,
 )
+from tests.processes import free_port, stop_process
 
 HOST = "127.0.0.1"
 TRUST_DOMAIN = "cluster.local"
@@ -107,15 +107,9 @@ class Component:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; report how it ended."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                say(f"   {self.name}: did not stop within {timeout:.0f}s, killed")
-                return
+        if not stop_process(self.process, timeout):
+            say(f"   {self.name}: did not stop within {timeout:.0f}s, killed")
+            return
         say(f"   {self.name}: stopped (exit status {self.process.returncode})")
 
 

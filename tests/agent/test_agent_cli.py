@@ -32,6 +32,7 @@ from ca.core.keys import KeyType, generate_private_key
 from sds.api import xds
 from tests.agent.harness import socket_dir
 from tests.cli.helpers import MESHCA, Result, assert_error, clean_env
+from tests.processes import free_port
 from tests.server.conftest import wait_until
 from tests.server.harness import RunningCa, TokenMinter, running_ca, serving_settings
 
@@ -102,12 +103,6 @@ def offline(workdir: Path, any_root_pem: bytes) -> dict[str, Path]:
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def closed_ca_address() -> str:

@@ -5,7 +5,6 @@ and for the bundle stream), and stops serving an SVID that expired while the CA 
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ca.core.records import IssuedRecord
 from tests.agent.conftest import StartAgent
 from tests.agent.harness import RunningAgent
+from tests.processes import free_port
 from tests.server.conftest import Served, wait_until
 from tests.server.harness import prepare_new_root
 
@@ -31,12 +31,6 @@ def metric(agent: RunningAgent, name: str, **labels: str) -> float:
 def ledger_serials(rows: Iterable[IssuedRecord]) -> set[int]:
     """Serials as numbers: the ledger writes 32 hex digits, leading zeros included."""
     return {int(row.serial, 16) for row in rows}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_renews_at_the_grace_ratio_before_expiry(

@@ -42,8 +42,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,6 +73,7 @@ from sds.api import xds
 from sds.settings import AgentSettings
 from tests.agent.harness import RunningAgent
 from tests.envoy.harness import EnvoyConfig, EnvoyProcess, SdsSource
+from tests.processes import free_port, stop_process
 from tests.server.harness import TokenMinter, prepare_new_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,12 +93,6 @@ TARGET_AGENT_RSS_MIB = 60.0
 
 
 # --- small helpers -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -194,17 +187,6 @@ def json_lines(path: Path) -> Iterator[dict[str, Any]]:
         if line.startswith("{"):
             with contextlib.suppress(ValueError):
                 yield json.loads(line)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # --- the CA --------------------------------------------------------------------------------

@@ -34,8 +34,6 @@ import contextlib
 import http.client
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +45,8 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
+
+from tests.processes import free_port, stop_process
 
 T = TypeVar("T")
 
@@ -468,19 +468,6 @@ class HttpResponse:
 
 # --------------------------------------------------------------------------- helpers
 
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free just now and not handed out before by this process."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-
 
 def envoy_binary() -> str:
     """The ``envoy`` next to the running interpreter (the venv's), else the one on PATH."""
@@ -552,15 +539,8 @@ class EnvoyProcess:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; wait for the exit."""
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if self._process is not None:
+            stop_process(self._process, timeout)
 
     def __enter__(self) -> Self:
         """Start with the defaults unless :meth:`start` was already called."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,16 +25,11 @@ from ca.api import methods
 from ca.core.keys import key_id
 from tests.cli.helpers import MESHCA, Meshca, clean_env
 from tests.factories import make_csr
+from tests.processes import free_port
 from tests.server.conftest import certificates, spiffe_id, uri_sans, wait_until
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ServeProcess:
