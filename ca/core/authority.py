@@ -234,7 +234,7 @@ def assemble_authority(
     top = path[-1]
     root = next((r for r in roots if r == top), None)
     if root is None:
-        root = next((r for r in roots if _issued_by(top, r)), None)
+        root = next((r for r in roots if issued_by(top, r)), None)
         if root is None:
             raise ConfigurationError(
                 "ca_chain_invalid",
@@ -264,7 +264,8 @@ def _check_usable_ca(cert: x509.Certificate, now: datetime) -> None:
         )
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Whether ``parent`` directly issued ``child``: names match and its key signed it."""
     try:
         child.verify_directly_issued_by(parent)
     except (ValueError, TypeError, InvalidSignature):
@@ -273,7 +274,7 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
 
 
 def _verify_link(child: x509.Certificate, parent: x509.Certificate) -> None:
-    if not _issued_by(child, parent):
+    if not issued_by(child, parent):
         raise ConfigurationError(
             "ca_chain_invalid",
             f"certificate {child.subject.rfc4514_string()!r} is not signed by "

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from spiffe import TrustDomain
 
+from ca.core.authority import issued_by
 from ca.core.errors import InvalidRequest, PermissionDenied, Unauthenticated
 from ca.core.identity import WorkloadIdentity, parse_spiffe_id
 
@@ -40,7 +40,7 @@ def identity_from_peer_certificate(
             f"client certificate is valid from {leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} "
             f"to {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
         )
-    if not any(_signed_by(leaf, issuer) for issuer in issuers):
+    if not any(issued_by(leaf, issuer) for issuer in issuers):
         raise Unauthenticated(
             "peer_cert_untrusted", "client certificate was not issued by this CA's trusted keys"
         )
@@ -63,13 +63,3 @@ def identity_from_peer_certificate(
     except (InvalidRequest, PermissionDenied) as exc:
         raise Unauthenticated("peer_cert_not_svid", exc.message) from exc
     return identity
-
-
-def _signed_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if leaf.issuer != issuer.subject:
-        return False
-    try:
-        leaf.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from spiffe import SpiffeId, TrustDomain
 
+from ca.core.authority import issued_by
 from ca.core.errors import InvalidRequest
 
 WorkloadKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -175,16 +175,6 @@ def chains_to(chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificat
     if not chain:
         return False
     for child, parent in itertools.pairwise(chain):
-        if not _directly_issued(child, parent):
+        if not issued_by(child, parent):
             return False
-    return any(_directly_issued(chain[-1], root) for root in roots)
-
-
-def _directly_issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
+    return any(issued_by(chain[-1], root) for root in roots)
