@@ -18,12 +18,12 @@ from ca.core.errors import ConfigurationError
 from ca.core.identity import parse_trust_domain
 from ca.core.issuer import Issuer
 from ca.core.kek import KeyEncryptionKey
-from ca.core.keys import KeyType, generate_private_key
-from ca.core.lifecycle import AuthorityRole
+from ca.core.keys import KeyType, generate_private_key, key_type_of
+from ca.core.lifecycle import AuthorityRole, IntermediatePolicy
 from ca.issuance import IssuanceService, utc_now
 from ca.kek_file import create_kek, read_kek
 from ca.settings import Settings
-from ca.storage.authority_store import AuthorityStore, CaIdentity, NewAuthority
+from ca.storage.authority_store import AuthorityStore, CaIdentity, NewAuthority, StepOutcome
 from ca.storage.engine import make_engine
 from ca.storage.ledger import Ledger
 
@@ -70,6 +70,45 @@ class CaRuntime:
             identity.trust_domain, signer, self.ttl_policy(), backdate=self.settings.backdate
         )
         return IssuanceService(issuer, self.ledger)
+
+    def intermediate_policy(self) -> IntermediatePolicy:
+        return IntermediatePolicy(
+            prepare_at=self.settings.intermediate_prepare_at,
+            activate_at=self.settings.intermediate_activate_at,
+        )
+
+    def prepare_root(
+        self, *, from_dir: Path | None, actor: str, now: datetime | None = None
+    ) -> StepOutcome:
+        """``root prepare``: a new root and intermediate (or imported CA material) stored
+        PREPARED, so the bundle carries them before they sign anything."""
+        now = now or utc_now()
+        identity = self.authorities.require_identity()
+        if from_dir is not None:
+            signer = load_cacerts(from_dir, now=now)
+            rows = _authorities_of(signer)
+        else:
+            root, signer = self._generate(identity.trust_domain, now=now)
+            rows = _authorities_of(signer, root_key=root.private_key)
+        return self.authorities.prepare(self.kek(), rows, actor=actor, now=now)
+
+    def rotate_intermediate(self, *, actor: str, now: datetime | None = None) -> StepOutcome | None:
+        """The automatic intermediate rotation's next step, if one is due."""
+        now = now or utc_now()
+        trust_domain = self.authorities.require_identity().trust_domain
+
+        def build(root: SigningAuthority) -> SigningAuthority:
+            return build_intermediate(
+                trust_domain,
+                generate_private_key(key_type_of_authority(root)),
+                root,
+                now=now,
+                ttl=self.settings.intermediate_ttl,
+            )
+
+        return self.authorities.rotate_intermediate(
+            self.kek(), self.intermediate_policy(), build, actor=actor, now=now
+        )
 
     def initialise(self, *, from_dir: Path | None, exist_ok: bool, actor: str) -> InitOutcome:
         """Create (or import) the CA unless this database already has one."""
@@ -142,3 +181,9 @@ def _authorities_of(
         parent = rows[-1].id if rows else None
         rows.append(NewAuthority(role, cert, tuple(above), key, parent))
     return rows
+
+
+def key_type_of_authority(authority: SigningAuthority) -> KeyType:
+    """The key type of ``authority``'s own key: a new intermediate under it gets the same."""
+    found = key_type_of(authority.certificate.public_key())
+    return found if found is not None else KeyType.EC_P256

@@ -172,7 +172,28 @@ class Settings(TomlSettings):
         [], description="SPIFFE IDs refused (a trailing /* denies a path prefix)"
     )
     bundle_refresh_interval: Duration = Field(
-        timedelta(seconds=1), description="how often the database is checked for CA changes"
+        timedelta(seconds=1),
+        description="how often the database is checked for CA changes (PostgreSQL also "
+        "announces them at once with NOTIFY)",
+    )
+
+    # --- rotation ---
+    reissue_window: Duration = Field(
+        timedelta(minutes=5),
+        description="after the signing authority changes, agents re-issue at a random point "
+        "within this window",
+    )
+    intermediate_rotation: bool = Field(
+        True, description="replace the signing intermediate automatically before it expires"
+    )
+    intermediate_prepare_at: float = Field(
+        0.5, gt=0, lt=1, description="prepare the next intermediate at this fraction of life"
+    )
+    intermediate_activate_at: float = Field(
+        5 / 6, gt=0, lt=1, description="activate the prepared intermediate at this fraction"
+    )
+    rotation_check_interval: Duration = Field(
+        timedelta(seconds=30), description="how often a server checks whether rotation is due"
     )
 
     @field_validator("jwt_algorithms")

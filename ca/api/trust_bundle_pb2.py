@@ -22,19 +22,20 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61/api/trust_bundle.proto\x12\tmeshca.v1\"\x14\n\x12WatchBundleRequest\"h\n\x0bTrustBundle\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x19\n\x11root_certificates\x18\x03 \x03(\t\x12\x16\n\x0esigning_key_id\x18\x04 \x01(\t2^\n\x12TrustBundleService\x12H\n\x0bWatchBundle\x12\x1d.meshca.v1.WatchBundleRequest\x1a\x16.meshca.v1.TrustBundle\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61/api/trust_bundle.proto\x12\tmeshca.v1\x1a\x1egoogle/protobuf/duration.proto\"\x14\n\x12WatchBundleRequest\"\xb4\x01\n\x0bTrustBundle\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x19\n\x11root_certificates\x18\x03 \x03(\t\x12\x16\n\x0esigning_key_id\x18\x04 \x01(\t\x12\x31\n\x0ereissue_window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0frevoked_key_ids\x18\x06 \x03(\t2^\n\x12TrustBundleService\x12H\n\x0bWatchBundle\x12\x1d.meshca.v1.WatchBundleRequest\x1a\x16.meshca.v1.TrustBundle\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ca.api.trust_bundle_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHBUNDLEREQUEST']._serialized_start=40
-  _globals['_WATCHBUNDLEREQUEST']._serialized_end=60
-  _globals['_TRUSTBUNDLE']._serialized_start=62
-  _globals['_TRUSTBUNDLE']._serialized_end=166
-  _globals['_TRUSTBUNDLESERVICE']._serialized_start=168
-  _globals['_TRUSTBUNDLESERVICE']._serialized_end=262
+  _globals['_WATCHBUNDLEREQUEST']._serialized_start=72
+  _globals['_WATCHBUNDLEREQUEST']._serialized_end=92
+  _globals['_TRUSTBUNDLE']._serialized_start=95
+  _globals['_TRUSTBUNDLE']._serialized_end=275
+  _globals['_TRUSTBUNDLESERVICE']._serialized_start=277
+  _globals['_TRUSTBUNDLESERVICE']._serialized_end=371
 # @@protoc_insertion_point(module_scope)

@@ -16,13 +16,26 @@ import click
 
 from ca.cli.common import DURATION, TIME, CliState, MeshcaGroup, format_option, pass_state
 from ca.cli.output import as_dicts, iso, render
-from ca.core.records import DeniedRecord, IssuedRecord
+from ca.core.lifecycle import LifecycleAction
+from ca.core.records import CaEventRecord, DeniedRecord, IssuedRecord
+from ca.storage.authority_store import EventQuery
 from ca.storage.ledger import Ledger, LedgerQuery
 
 CERT_COLUMNS = ["serial", "spiffe_id", "issuer_key_id", "issued_at", "not_after", "requester"]
 DENIED_COLUMNS = ["denied_at", "reason", "spiffe_id", "requester", "message"]
 CERT_FIELDS = [f.name for f in dataclasses.fields(IssuedRecord)]
 DENIED_FIELDS = [f.name for f in dataclasses.fields(DeniedRecord)]
+EVENT_COLUMNS = [
+    "at",
+    "action",
+    "outcome",
+    "authority_id",
+    "from_state",
+    "to_state",
+    "actor",
+    "detail",
+]
+EVENT_FIELDS = [f.name for f in dataclasses.fields(CaEventRecord)]
 
 
 def _ledger(state: CliState) -> Ledger:
@@ -110,6 +123,23 @@ def show(state: CliState, serial: str, fmt: str) -> None:
     width = max(len(k) for k in row)
     for key, value in row.items():
         click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+
+
+@audit.command()
+@click.option("--action", type=click.Choice([a.value for a in LifecycleAction]))
+@click.option("--authority", "authority_id", help="Authority id (or its first characters).")
+@click.option("--since", type=TIME, help="From this time (ISO 8601, or a duration ago: 2h).")
+@click.option("--until", type=TIME, help="Before this time (ISO 8601, or a duration ago).")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@format_option
+@pass_state
+def events(state: CliState, /, fmt: str, **filters: Any) -> None:
+    """The CA's lifecycle steps (init, prepare, activate, retire, revoke, automatic intermediate
+    rotation), done or refused, with who and when; newest first."""
+    runtime = state.runtime()
+    runtime.authorities.require_identity()
+    records = runtime.authorities.events(EventQuery(**filters))
+    click.echo(render(as_dicts(records), fmt, EVENT_COLUMNS, EVENT_FIELDS), nl=False)
 
 
 @audit.command()

@@ -17,6 +17,7 @@ import click
 from ca.cli.common import CliState, connection_options
 from ca.core.errors import (
     ConfigurationError,
+    FailedPrecondition,
     InternalError,
     InvalidRequest,
     MeshcaError,
@@ -27,6 +28,7 @@ from ca.core.errors import (
 EXIT_CODES: dict[type[MeshcaError], int] = {
     ConfigurationError: 3,
     InvalidRequest: 4,
+    FailedPrecondition: 4,
     PermissionDenied: 4,
     Unavailable: 5,
     InternalError: 70,

@@ -20,6 +20,7 @@ from ca.core.keys import CA_KEY_TYPES
 from ca.logs import configure_logging
 from ca.server.process import serve as run_server
 from ca.storage import migrate
+from ca.storage.replica_lock import serve_lock, setup_lock
 
 SERVER_ACTOR = "meshca-server"
 
@@ -83,16 +84,25 @@ def serve(state: CliState, /, **options: Any) -> None:
     """Serve CreateCertificate (Istio-compatible) and WatchBundle over gRPC.
 
     Creates the schema and the CA on first start (like `ca init --exist-ok`), then serves until
-    SIGTERM or SIGINT, finishing calls in flight.
+    SIGTERM or SIGINT, finishing calls in flight. Several replicas may share one PostgreSQL
+    database; an SQLite database is served by one replica only.
     """
     flags = _settings_flags(options)
     settings = state.settings(**flags)
     configure_logging(service_log_level(), settings.log_format)
+    lock = serve_lock(settings.db_url)
+    if lock is not None:
+        lock.acquire()
     runtime = state.runtime(**flags)
-    migrate.upgrade(runtime.engine)
-    runtime.initialise(from_dir=None, exist_ok=True, actor=SERVER_ACTOR)
+    with setup_lock(runtime.engine):
+        migrate.upgrade(runtime.engine)
+        runtime.initialise(from_dir=None, exist_ok=True, actor=SERVER_ACTOR)
     runtime.engine.dispose()
-    run_server(settings, verifier_factory)
+    try:
+        run_server(settings, verifier_factory)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _settings_flags(options: dict[str, Any]) -> dict[str, Any]:

@@ -18,12 +18,14 @@ DEFAULT_REFRESH_HINT_SECONDS = 300
 
 @dataclass(frozen=True, slots=True)
 class TrustBundle:
-    """The roots of one trust domain at one ``sequence`` number, and the key that signs now."""
+    """The roots of one trust domain at one ``sequence`` number, the key that signs now, and the
+    revoked authorities whose certificates agents must replace at once."""
 
     trust_domain: TrustDomain
     sequence: int
     roots: tuple[x509.Certificate, ...]
     signing_key_id: str | None
+    revoked_key_ids: tuple[str, ...] = ()
 
     def pem(self) -> str:
         """All roots, concatenated PEM."""

@@ -34,6 +34,11 @@ class RateLimited(MeshcaError):
     """The caller (or the CA as a whole) is over its request budget."""
 
 
+class FailedPrecondition(MeshcaError):
+    """The CA's state does not allow the operation now (retiring a root whose certificates are
+    still in use, revoking the authority that signs)."""
+
+
 class Unavailable(MeshcaError):
     """A dependency (the database) is down; nothing was issued."""
 

@@ -45,6 +45,24 @@ class DeniedRecord:
     denied_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class CaEventRecord:
+    """One lifecycle step of the CA, done or refused: who, when, which authority, from which
+    state to which, and the bundle sequence it produced (or found, when refused)."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    outcome: str
+    authority_id: str | None
+    role: str | None
+    from_state: str | None
+    to_state: str | None
+    bundle_sequence: int
+    detail: str
+
+
 def ttl_seconds(ttl: timedelta | None) -> int | None:
     """A requested TTL as whole seconds for the ledger (``None`` when none was asked for)."""
     return None if ttl is None else int(ttl.total_seconds())

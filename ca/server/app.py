@@ -30,8 +30,10 @@ from ca.server.bundle_service import BundleService
 from ca.server.callers import Admission, CallerAuthenticator
 from ca.server.certificate_service import CertificateService
 from ca.server.issuance_queue import IssuanceQueue
+from ca.server.rotation_loop import RotationLoop
 from ca.server.server_tls import ServerCertificate
 from ca.settings import Settings
+from ca.storage.change_feed import ChangeListener, supports_notifications
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class CaServer:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.watch: AuthorityWatch | None = None
+        self.listener: ChangeListener | None = None
         self.port: int | None = None
         self.mtls_port: int | None = None
         self._health = HealthServicer()
@@ -105,7 +108,7 @@ class CaServer:
                 _certificate_handler(
                     CertificateService(authenticator, admission, queue, self._clock)
                 ),
-                _bundle_handler(BundleService(authenticator, watch)),
+                _bundle_handler(BundleService(authenticator, watch, settings.reissue_window)),
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -114,6 +117,14 @@ class CaServer:
         await server.start()
         self._server = server
         self._tasks.append(self._spawn(self._watch_loop(watch), "authority watch"))
+        if supports_notifications(settings.db_url):
+            self.listener = ChangeListener(settings.db_url, lambda: watch.check("notify"))
+            self._tasks.append(self._spawn(self.listener.run(), "change notifications"))
+        if settings.intermediate_rotation:
+            rotation = RotationLoop(
+                runtime, settings.rotation_check_interval, lambda: watch.check("rotation")
+            )
+            self._tasks.append(self._spawn(rotation.run(), "intermediate rotation"))
         await self._set_health(serving=True)
         log.info(
             "serving",

@@ -1,18 +1,19 @@
 """What the server signs with and which roots it trusts, kept current.
 
 The database is the source of truth (several replicas and the admin CLI change it). The server
-calls :meth:`AuthorityWatch.check` every ``bundle_refresh_interval`` (one cheap query for the
-bundle sequence); when the sequence moves, the watch reloads the trust bundle and the signing
-authority and wakes every subscriber (WatchBundle streams, the TLS credentials). Agents never
-poll: they hold a stream and are pushed to.
+calls :meth:`AuthorityWatch.check` when PostgreSQL announces a change (``ca.storage.change_feed``)
+and every ``bundle_refresh_interval`` (one cheap query for the bundle sequence); when the
+sequence moves, the watch reloads the trust bundle and the signing authority and wakes every
+subscriber (WatchBundle streams, the TLS credentials). Agents never poll: they hold a stream and
+are pushed to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from cryptography import x509
@@ -23,9 +24,10 @@ from ca.core.errors import MeshcaError
 from ca.core.issuer import Issuer
 from ca.core.kek import KeyEncryptionKey
 from ca.core.keys import key_id
+from ca.core.lifecycle import AuthorityRole, AuthorityState
 from ca.issuance import Clock, IssuanceService, utc_now
 from ca.server import metrics
-from ca.storage.authority_store import AuthorityStore
+from ca.storage.authority_store import AuthorityInfo, AuthorityStore
 from ca.storage.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class CaSnapshot:
     bundle: TrustBundle
     issuers: tuple[x509.Certificate, ...]
     service: IssuanceService
+    authorities: tuple[AuthorityInfo, ...] = ()
+    event_counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def sequence(self) -> int:
@@ -67,6 +71,7 @@ class AuthorityWatch:
         self._changed = asyncio.Condition()
         self.healthy = False
         self._listeners: list[Callable[[CaSnapshot], None]] = []
+        self._checking = asyncio.Lock()
 
     @property
     def current(self) -> CaSnapshot:
@@ -85,13 +90,18 @@ class AuthorityWatch:
         self.healthy = True
         return snapshot
 
-    async def check(self) -> None:
-        """One poll: reload when the sequence moved; record whether the database answered."""
+    async def check(self, trigger: str = "poll") -> None:
+        """Reload when the sequence moved; record whether the database answered. ``trigger``
+        says why this check runs (``poll``, ``notify``, ``rotation``), for the reload metric."""
         try:
-            sequence = await asyncio.to_thread(self._store.bundle_sequence)
-            if sequence != self.current.sequence:
-                log.info("CA changed: bundle sequence %s -> %s", self.current.sequence, sequence)
-                await self.load()
+            async with self._checking:
+                sequence = await asyncio.to_thread(self._store.bundle_sequence)
+                if sequence != self.current.sequence:
+                    log.info(
+                        "CA changed: bundle sequence %s -> %s", self.current.sequence, sequence
+                    )
+                    await self.load()
+                    metrics.CA_RELOADS.labels(trigger).inc()
         except MeshcaError as error:
             if self.healthy:
                 log.warning("cannot check the CA state: %s", error.message)
@@ -114,6 +124,7 @@ class AuthorityWatch:
             metrics.CA_EXPIRY.labels(role, key_id(cert.public_key())).set(  # type: ignore[arg-type]
                 cert.not_valid_after_utc.timestamp()
             )
+        _export_lifecycle(snapshot)
         for listener in self._listeners:
             listener(snapshot)
         async with self._changed:
@@ -128,4 +139,20 @@ class AuthorityWatch:
             bundle,
             tuple(self._store.trusted_issuers()),
             IssuanceService(issuer, self._ledger, self._clock),
+            tuple(self._store.authorities()),
+            self._store.event_counts(),
         )
+
+
+def _export_lifecycle(snapshot: CaSnapshot) -> None:
+    """The lifecycle as gauges: authorities by role and state, who signs, steps recorded."""
+    for role in AuthorityRole:
+        for state in AuthorityState:
+            count = sum(1 for a in snapshot.authorities if a.role is role and a.state is state)
+            metrics.AUTHORITIES.labels(role.value, state.value).set(count)
+    signer = snapshot.bundle.signing_key_id
+    for authority in snapshot.authorities:
+        if authority.has_key:
+            metrics.SIGNING_AUTHORITY.labels(authority.id).set(1 if authority.id == signer else 0)
+    for (action, outcome), count in snapshot.event_counts.items():
+        metrics.LIFECYCLE_STEPS.labels(action, outcome).set(count)

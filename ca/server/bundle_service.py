@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import TypeAlias
 
 import grpc
@@ -23,31 +24,40 @@ log = logging.getLogger(__name__)
 _Context: TypeAlias = "grpc.aio.ServicerContext[WatchBundleRequest, TrustBundleMessage]"
 
 
-def bundle_message(snapshot: CaSnapshot) -> TrustBundleMessage:
+def bundle_message(snapshot: CaSnapshot, reissue_window: timedelta) -> TrustBundleMessage:
     bundle = snapshot.bundle
-    return TrustBundleMessage(
+    message = TrustBundleMessage(
         trust_domain=bundle.trust_domain.name,
         sequence=bundle.sequence,
         root_certificates=[
             root.public_bytes(serialization.Encoding.PEM).decode() for root in bundle.roots
         ],
         signing_key_id=bundle.signing_key_id or "",
+        revoked_key_ids=list(bundle.revoked_key_ids),
     )
+    message.reissue_window.FromTimedelta(reissue_window)
+    return message
 
 
 class BundleService:
     """The WatchBundle handler."""
 
-    def __init__(self, authenticator: CallerAuthenticator, watch: AuthorityWatch) -> None:
+    def __init__(
+        self,
+        authenticator: CallerAuthenticator,
+        watch: AuthorityWatch,
+        reissue_window: timedelta,
+    ) -> None:
         self._authenticator = authenticator
         self._watch = watch
+        self._reissue_window = reissue_window
         self._built: tuple[int, TrustBundleMessage] | None = None
 
     def _message(self, snapshot: CaSnapshot) -> TrustBundleMessage:
         """The message for ``snapshot``, built once for every stream it goes to (10,000 streams
         would otherwise PEM-encode every root 10,000 times per change). Never modified."""
         if self._built is None or self._built[0] != snapshot.sequence:
-            self._built = (snapshot.sequence, bundle_message(snapshot))
+            self._built = (snapshot.sequence, bundle_message(snapshot, self._reissue_window))
         return self._built[1]
 
     async def watch_bundle(

@@ -50,3 +50,32 @@ SERVER_CERT_EXPIRY = Gauge(
     "NotAfter (Unix time) of the server's own TLS certificate",
     multiprocess_mode="min",
 )
+AUTHORITIES = Gauge(
+    "meshca_ca_authorities",
+    "CA authorities (roots and intermediates) by role and lifecycle state",
+    ["role", "state"],
+    multiprocess_mode="livemax",
+)
+SIGNING_AUTHORITY = Gauge(
+    "meshca_ca_signing_authority",
+    "1 for the key id of the authority that signs workload certificates, 0 for the others",
+    ["key_id"],
+    multiprocess_mode="livemax",
+)
+LIFECYCLE_STEPS = Gauge(
+    "meshca_ca_lifecycle_steps",
+    "Lifecycle steps recorded in the database (by every replica and the CLI), by action and "
+    "outcome (done, refused); rises like a counter",
+    ["action", "outcome"],
+    multiprocess_mode="livemax",
+)
+INTERMEDIATE_ROTATIONS = Counter(
+    "meshca_ca_intermediate_rotations",
+    "Automatic intermediate rotation steps this server made, by action",
+    ["action"],
+)
+CA_RELOADS = Counter(
+    "meshca_ca_reloads",
+    "Times this server reloaded the CA after a change, by how it learned of it",
+    ["trigger"],
+)

@@ -6,6 +6,7 @@ import grpc
 
 from ca.core.errors import (
     ConfigurationError,
+    FailedPrecondition,
     InternalError,
     InvalidRequest,
     MeshcaError,
@@ -19,6 +20,7 @@ STATUS_CODES: dict[type[MeshcaError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     # A CA that cannot sign (expired, no key) is a server-side condition, not the caller's.

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Delete,
     Engine,
     Select,
@@ -17,13 +18,16 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
 )
 
+from ca.core.errors import Unavailable
+from ca.core.lifecycle import AuthorityState
 from ca.core.records import DeniedRecord, IssuedRecord
 from ca.core.serials import normalise_serial
 from ca.storage.errors import database_errors
-from ca.storage.models import DeniedRequest, IssuedCert
+from ca.storage.models import Authority, DeniedRequest, IssuedCert
 
 PRUNE_CHUNK = 10_000
 _ISSUED_FIELDS = [f.name for f in dataclasses.fields(IssuedRecord)]
@@ -57,11 +61,17 @@ class Ledger:
         self.engine = engine
 
     def record(self, issued: Sequence[IssuedRecord], denied: Sequence[DeniedRecord] = ()) -> None:
-        """Write all rows in one transaction; when this returns they are durable."""
+        """Write all rows in one transaction; when this returns they are durable.
+
+        Refuses (:class:`Unavailable`, nothing recorded) when an issuing authority was retired or
+        revoked since this process loaded it: a replica that has not yet heard of the change
+        must not hand out its certificates.
+        """
         if not issued and not denied:
             return
         with database_errors("recording issuance"), self.engine.begin() as conn:
             if issued:
+                _require_in_service(conn, {r.issuer_key_id for r in issued})
                 conn.execute(insert(IssuedCert), [_row(r, _ISSUED_FIELDS) for r in issued])
             if denied:
                 conn.execute(insert(DeniedRequest), [_row(r, _DENIED_FIELDS) for r in denied])
@@ -87,6 +97,11 @@ class Ledger:
     def active_counts_by_issuer(self, now: datetime) -> dict[str, int]:
         """How many unexpired certificates each CA key has issued."""
         return {key: int(count) for key, count in self._rows(active_counts_statement(now))}
+
+    def in_use_count(self, issuer_key_ids: Sequence[str], now: datetime) -> int:
+        """Unexpired certificates of ``issuer_key_ids`` still in use (see
+        :func:`in_use_statement`)."""
+        return sum(int(count) for _, count in self._rows(in_use_statement(issuer_key_ids, now)))
 
     def prune(self, expired_before: datetime, chunk: int = PRUNE_CHUNK) -> int:
         """Delete rows of certificates that expired before ``expired_before``; return how many.
@@ -173,11 +188,58 @@ def active_counts_statement(now: datetime) -> Select[Any]:
     return select(active.c.issuer_key_id, func.count()).group_by(active.c.issuer_key_id)
 
 
+def in_use_statement(issuer_key_ids: Sequence[str], now: datetime) -> Select[Any]:
+    """Unexpired certificates issued by ``issuer_key_ids`` that are still in use, counted per
+    SPIFFE ID, most first (``root retire``).
+
+    A certificate is no longer in use once its pod (``pod_uid``) was issued a newer one by
+    another authority: agents switch at once and never go back. A certificate without a pod
+    (an admin's ``ca sign``, a token without pod claims) stays in use until it expires.
+    """
+    current = IssuedCert.__table__.alias("current")
+    newer = IssuedCert.__table__.alias("newer")
+    ids = list(issuer_key_ids)
+    superseded = (
+        select(newer.c.serial)
+        .where(
+            newer.c.pod_uid == current.c.pod_uid,
+            newer.c.issued_at > current.c.issued_at,
+            newer.c.issuer_key_id.not_in(ids),
+        )
+        .exists()
+    )
+    count = func.count()
+    return (
+        select(current.c.spiffe_id, count)
+        .where(
+            current.c.issuer_key_id.in_(ids),
+            current.c.not_after > now,
+            or_(current.c.pod_uid.is_(None), ~superseded),
+        )
+        .group_by(current.c.spiffe_id)
+        .order_by(count.desc(), current.c.spiffe_id)
+    )
+
+
 def prune_statement(expired_before: datetime, chunk: int) -> Delete:
     """Delete at most ``chunk`` rows of certificates that expired before ``expired_before``."""
     t = IssuedCert.__table__.c
     expired = select(t.serial).where(t.not_after < expired_before).limit(chunk)
     return delete(IssuedCert).where(t.serial.in_(expired.scalar_subquery()))
+
+
+def _require_in_service(conn: Connection, issuer_key_ids: set[str]) -> None:
+    out = conn.execute(
+        select(Authority.id, Authority.state)
+        .where(Authority.id.in_(sorted(issuer_key_ids)))
+        .where(Authority.state != AuthorityState.ACTIVE.value)
+    ).all()
+    if out:
+        raise Unavailable(
+            "authority_out_of_service",
+            f"the signing authority {out[0].id} is {out[0].state} now; nothing was issued, "
+            "retry to get a certificate from the active authority",
+        )
 
 
 def _row(record: Any, fields: list[str]) -> dict[str, Any]:

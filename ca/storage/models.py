@@ -90,6 +90,30 @@ class Authority(Base):
     created_by: Mapped[str] = mapped_column(String(255))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_by: Mapped[str] = mapped_column(String(255))
+    # When this authority was last made the signer (the signer is the ACTIVE one with a key
+    # activated last); NULL for authorities that never signed.
+    activated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class CaEvent(Base):
+    """One lifecycle step of the CA (init, prepare, activate, retire, revoke, automatic
+    intermediate rotation), done or refused, with who asked and when."""
+
+    __tablename__ = "ca_events"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    authority_id: Mapped[str | None] = mapped_column(String(32))
+    role: Mapped[str | None] = mapped_column(String(16))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    bundle_sequence: Mapped[int] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_ca_events_at", "at"),)
 
 
 class IssuedCert(Base):
@@ -120,6 +144,8 @@ class IssuedCert(Base):
         Index("ix_issued_certs_issuer_issued_at", "issuer_key_id", "issued_at"),
         Index("ix_issued_certs_not_after_issuer", "not_after", "issuer_key_id"),
         Index("ix_issued_certs_issued_at", "issued_at"),
+        # "Has this pod been issued a newer certificate?" (retiring an authority).
+        Index("ix_issued_certs_pod_uid_issued_at", "pod_uid", "issued_at"),
     )
 
 

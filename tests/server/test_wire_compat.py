@@ -239,7 +239,9 @@ def test_empty_request_is_invalid(sqlite_url: str, serve: Callable[..., Served])
 
 def test_watch_bundle_wire_format(sqlite_url: str, serve: Callable[..., Served]) -> None:
     """``meshca.v1.TrustBundle``: trust_domain = 1 string, sequence = 2 uint64,
-    root_certificates = 3 repeated string, signing_key_id = 4 string."""
+    root_certificates = 3 repeated string, signing_key_id = 4 string, reissue_window = 5
+    google.protobuf.Duration (seconds = 1 varint), revoked_key_ids = 6 repeated string (none
+    here, so absent)."""
     served = serve(sqlite_url)
     with served.ca.channel() as channel:
         stream = channel.unary_stream(
@@ -255,4 +257,5 @@ def test_watch_bundle_wire_format(sqlite_url: str, serve: Callable[..., Served])
         (2, 1),
         (3, served.ca.root_pem()),
         (4, (bundle.signing_key_id or "").encode()),
+        (5, bytes([0x08, 0xAC, 0x02])),  # Duration{seconds: 300}: the default 5 min window
     ]

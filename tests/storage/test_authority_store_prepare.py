@@ -82,7 +82,7 @@ def test_prepare_adds_prepared_authorities_and_bumps_the_bundle_sequence(
     root, intermediate, rows = new_pair()
     now = utc_now()
 
-    sequence = store.prepare(runtime.kek(), rows, actor=ROTATOR, now=now)
+    sequence = store.prepare(runtime.kek(), rows, actor=ROTATOR, now=now).sequence
 
     assert sequence == 2
     assert store.bundle_sequence() == 2
@@ -194,7 +194,8 @@ def test_only_trusted_states_are_issuers_and_bundle_roots(
 
 def test_each_prepare_bumps_the_sequence_again(store: AuthorityStore, runtime: CaRuntime) -> None:
     sequences = [
-        store.prepare(runtime.kek(), new_pair()[2], actor=ROTATOR, now=utc_now()) for _ in range(3)
+        store.prepare(runtime.kek(), new_pair()[2], actor=ROTATOR, now=utc_now()).sequence
+        for _ in range(3)
     ]
     assert sequences == [2, 3, 4]
     assert store.bundle_sequence() == 4
