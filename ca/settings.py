@@ -177,6 +177,12 @@ class Settings(TomlSettings):
         "announces them at once with NOTIFY)",
     )
 
+    db_notifications: bool = Field(
+        True,
+        description="listen for PostgreSQL NOTIFY of CA changes (turn off behind a "
+        "transaction-pooling PgBouncer; changes then arrive by the bundle_refresh_interval poll)",
+    )
+
     # --- rotation ---
     reissue_window: Duration = Field(
         timedelta(minutes=5),

@@ -27,11 +27,26 @@ _MAX_BACKOFF = timedelta(seconds=10)
 
 
 def bundles_from_message(message: TrustBundleMessage, current: Bundles) -> Bundles:
-    """``current`` with the message's trust domain replaced by the roots it carries."""
+    """``current`` with the message's trust domain replaced by the roots it carries, and the
+    CA's word on its authorities (signer, re-issue window, revocations) taken from it."""
     trust_domain = parse_trust_domain(message.trust_domain)
     roots = dict(current.roots)
     roots[trust_domain] = parse_pem_chain(list(message.root_certificates))
-    return Bundles(roots, message.sequence, message.signing_key_id)
+    return Bundles(
+        roots,
+        message.sequence,
+        message.signing_key_id,
+        reissue_window=_reissue_window(message),
+        revoked_key_ids=frozenset(message.revoked_key_ids),
+    )
+
+
+def _reissue_window(message: TrustBundleMessage) -> timedelta:
+    """The message's re-issue window: zero when unset (a CA from before the field) or, from a
+    confused CA, negative; at once is the safe reading of both."""
+    if not message.HasField("reissue_window"):
+        return timedelta(0)
+    return max(message.reissue_window.ToTimedelta(), timedelta(0))
 
 
 class BundleWatch:

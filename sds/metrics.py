@@ -29,6 +29,13 @@ class AgentMetrics:
             ["via"],
             registry=r,
         )
+        self.reissues = Counter(
+            "meshca_agent_reissues",
+            "Re-issues of the X.509-SVID before its renewal point that the trust bundle called "
+            "for, by reason (revoked_or_untrusted: at once; signer_changed: within the window)",
+            ["reason"],
+            registry=r,
+        )
         self.ca_failures = Counter(
             "meshca_agent_ca_call_failures",
             "Failed calls to the CA, by call and reason",

@@ -79,6 +79,25 @@ SERVER_ACTOR = "meshca-server"
 @click.option("--rate-limit-global", type=float, help="Requests/s per process. [10000]")
 @click.option("--deny-identity", multiple=True, help="SPIFFE ID (or ID/*) to refuse.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines. [text]")
+@click.option(
+    "--reissue-window",
+    type=DURATION,
+    help="Agents re-issue within this window after the signing authority changes. [5m]",
+)
+@click.option(
+    "--bundle-refresh-interval",
+    type=DURATION,
+    help="Database check for CA changes (PostgreSQL also notifies at once). [1s]",
+)
+@click.option(
+    "--intermediate-rotation/--no-intermediate-rotation",
+    default=None,
+    help="Replace the signing intermediate automatically before it expires. [on]",
+)
+@click.option("--intermediate-ttl", type=DURATION, help="Lifetime of new intermediates. [1y]")
+@click.option(
+    "--rotation-check-interval", type=DURATION, help="How often rotation is checked. [30s]"
+)
 @pass_state
 def serve(state: CliState, /, **options: Any) -> None:
     """Serve CreateCertificate (Istio-compatible) and WatchBundle over gRPC.

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+#: The requester the ledger names for a CA server's own TLS certificate. A server replaces it
+#: the moment the CA changes, so it never holds an old authority in use.
+SERVER_REQUESTER = "meshca-server"
+
 
 @dataclass(frozen=True, slots=True)
 class IssuedRecord:

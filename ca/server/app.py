@@ -117,7 +117,7 @@ class CaServer:
         await server.start()
         self._server = server
         self._tasks.append(self._spawn(self._watch_loop(watch), "authority watch"))
-        if supports_notifications(settings.db_url):
+        if settings.db_notifications and supports_notifications(settings.db_url):
             self.listener = ChangeListener(settings.db_url, lambda: watch.check("notify"))
             self._tasks.append(self._spawn(self.listener.run(), "change notifications"))
         if settings.intermediate_rotation:

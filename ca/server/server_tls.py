@@ -19,13 +19,15 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.core.identity import WorkloadIdentity, parse_spiffe_id
 from ca.core.keys import KeyType, generate_private_key
+from ca.core.records import SERVER_REQUESTER
 from ca.issuance import Clock
 from ca.server import metrics
 from ca.server.authority_watch import AuthorityWatch, CaSnapshot
 
 log = logging.getLogger(__name__)
 
-SERVER_REQUESTER = "meshca-server"
+__all__ = ["SERVER_PATH", "SERVER_REQUESTER", "ServerCertificate", "serving_names"]
+
 SERVER_PATH = "/meshca/server"
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
 
 from ca.core.errors import Unavailable
 from ca.core.lifecycle import AuthorityState
-from ca.core.records import DeniedRecord, IssuedRecord
+from ca.core.records import SERVER_REQUESTER, DeniedRecord, IssuedRecord
 from ca.core.serials import normalise_serial
 from ca.storage.errors import database_errors
 from ca.storage.models import Authority, DeniedRequest, IssuedCert
@@ -194,7 +194,9 @@ def in_use_statement(issuer_key_ids: Sequence[str], now: datetime) -> Select[Any
 
     A certificate is no longer in use once its pod (``pod_uid``) was issued a newer one by
     another authority: agents switch at once and never go back. A certificate without a pod
-    (an admin's ``ca sign``, a token without pod claims) stays in use until it expires.
+    (an admin's ``ca sign``, a token without pod claims) stays in use until it expires. CA
+    servers' own certificates never count: a live server replaces its certificate the moment
+    the CA changes, and a dead one serves nothing.
     """
     current = IssuedCert.__table__.alias("current")
     newer = IssuedCert.__table__.alias("newer")
@@ -214,6 +216,7 @@ def in_use_statement(issuer_key_ids: Sequence[str], now: datetime) -> Select[Any
         .where(
             current.c.issuer_key_id.in_(ids),
             current.c.not_after > now,
+            current.c.requester != SERVER_REQUESTER,
             or_(current.c.pod_uid.is_(None), ~superseded),
         )
         .group_by(current.c.spiffe_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -84,11 +84,16 @@ class Svid:
 
 @dataclass(frozen=True, slots=True)
 class Bundles:
-    """The trusted roots of each trust domain, and the CA's bundle sequence."""
+    """The trusted roots of each trust domain, the CA's bundle sequence, and what the CA says
+    about its authorities: which one signs now (empty until the CA has named it), over how long
+    a window the fleet should move to it, and which ones are revoked (key ids, see
+    :func:`ca.core.keys.key_id`)."""
 
     roots: Mapping[TrustDomain, tuple[x509.Certificate, ...]]
     sequence: int = 0
     signing_key_id: str = ""
+    reissue_window: timedelta = timedelta(0)
+    revoked_key_ids: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for trust_domain, certs in self.roots.items():
@@ -96,11 +101,10 @@ class Bundles:
                 raise InvalidRequest(
                     "empty_bundle", f"the bundle of {trust_domain.name} has no certificate"
                 )
-
-    def signer_changed_from(self, old: Bundles) -> bool:
-        """Whether the CA signs with another authority than when ``old`` was received (a bundle
-        received before the CA named its signer does not count)."""
-        return bool(old.signing_key_id) and self.signing_key_id != old.signing_key_id
+        if self.reissue_window < timedelta(0):
+            raise InvalidRequest(
+                "negative_reissue_window", f"the re-issue window {self.reissue_window} is negative"
+            )
 
     def all_roots(self) -> list[x509.Certificate]:
         """Every trusted root, of every trust domain, without duplicates."""
@@ -172,9 +176,17 @@ def split_root(
 def chains_to(chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]) -> bool:
     """Whether each certificate of ``chain`` is signed by the next and the last by one of
     ``roots`` (signatures and names only; lifetimes are the caller's business)."""
+    return anchor_of(chain, roots) is not None
+
+
+def anchor_of(
+    chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]
+) -> x509.Certificate | None:
+    """The root of ``roots`` that ``chain`` leads to (as :func:`chains_to` checks it), or
+    ``None``: deciding whether a chain is still trusted needs to know which root it rests on."""
     if not chain:
-        return False
+        return None
     for child, parent in itertools.pairwise(chain):
         if not issued_by(child, parent):
-            return False
-    return any(issued_by(chain[-1], root) for root in roots)
+            return None
+    return next((root for root in roots if issued_by(chain[-1], root)), None)

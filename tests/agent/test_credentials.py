@@ -4,12 +4,13 @@ wrong SPIFFE ID, or a chain that does not lead to the bundle."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.core.errors import InvalidRequest
-from sds.core.credentials import Svid, chains_to, split_root
+from sds.core.credentials import Svid, anchor_of, chains_to, split_root
 from tests.agent.workload_ca import WorkloadCa
 from tests.factories import WEB_ID
 
@@ -49,13 +50,17 @@ def test_chains_to_the_bundle_or_not(workload_ca: WorkloadCa) -> None:
     assert not chains_to((), [workload_ca.root.certificate])
 
 
-def test_a_signer_change_is_a_new_signing_key_id_after_a_known_one(
-    workload_ca: WorkloadCa,
-) -> None:
-    start = workload_ca.bundles()  # from --ca-root: the signer is not known yet
-    first = dataclasses.replace(start, sequence=2, signing_key_id="a" * 32)
-    prepared = dataclasses.replace(first, sequence=3)  # a new root trusted, same signer
-    activated = dataclasses.replace(prepared, sequence=4, signing_key_id="b" * 32)
-    assert not first.signer_changed_from(start)
-    assert not prepared.signer_changed_from(first)
-    assert activated.signer_changed_from(prepared)
+def test_the_anchor_is_the_root_the_chain_rests_on(workload_ca: WorkloadCa) -> None:
+    svid = workload_ca.svid(WEB_ID)
+    root = workload_ca.root.certificate
+    stranger = WorkloadCa().root.certificate
+    assert anchor_of(svid.chain, [stranger, root]) == root
+    assert anchor_of(svid.chain, [stranger]) is None
+    assert anchor_of(svid.chain[:1], [root]) is None  # intermediate missing
+    assert anchor_of((), [root]) is None
+
+
+def test_a_negative_reissue_window_is_refused(workload_ca: WorkloadCa) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        dataclasses.replace(workload_ca.bundles(), reissue_window=timedelta(seconds=-1))
+    assert raised.value.reason == "negative_reissue_window"
