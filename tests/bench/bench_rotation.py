@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import tempfile
 import threading
@@ -40,14 +41,20 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ca.api import methods
+from ca.core.keys import key_id
 from ca.core.records import IssuedRecord
 from ca.runtime import CaRuntime
 from ca.storage import ledger as ledger_module
 from ca.storage.engine import make_engine
 from ca.storage.ledger import Ledger
 from tests.agent.harness import RunningAgent, agent_settings, write_token
-from tests.server.harness import RunningCa, TokenMinter, prepare_new_root, running_ca
-from tests.server.harness import initialise_ca, serving_settings
+from tests.server.harness import (
+    RunningCa,
+    TokenMinter,
+    initialise_ca,
+    running_ca,
+    serving_settings,
+)
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -136,19 +143,28 @@ def bench_replica_push(rounds: int, streams: int, *, notify: bool) -> list[float
         stack.callback(lambda: [r.close() for r in readers])
         wait_for(lambda: all(r.arrivals for r in readers), 30, "every stream's first bundle")
         for _ in range(rounds):
-            prepare_new_root(settings)
+            prepare_root(settings)
             committed = time.perf_counter()
             sequence = CaRuntime(settings).authorities.bundle_sequence()
             assert sequence is not None
-            wait_for(
-                lambda s=sequence: all(s in r.arrivals for r in readers), 10, "the new bundle"
-            )
+            wait_for(lambda s=sequence: all(s in r.arrivals for r in readers), 10, "the new bundle")
             latencies.append(max(r.arrivals[sequence] for r in readers) - committed)
-            time.sleep(0.05)
+            # A random pause, so that commits do not fall in step with the poll's phase.
+            time.sleep(random.uniform(0.05, 1.05))
     return latencies
 
 
+def prepare_root(settings: Any) -> None:
+    """``meshca root prepare``: a new root and intermediate, trusted, not signing."""
+    runtime = CaRuntime(settings)
+    try:
+        runtime.prepare_root(from_dir=None, actor="bench")
+    finally:
+        runtime.engine.dispose()
+
+
 def activate_latest(settings: Any) -> None:
+    """``meshca root activate``."""
     runtime = CaRuntime(settings)
     try:
         runtime.authorities.activate(None, actor="bench", now=datetime.now(UTC))
@@ -181,7 +197,7 @@ def bench_reissue(agents: int, window: float) -> tuple[list[float], int]:
             running.append(agent)
         for agent in running:
             agent.wait_ready(60)
-        prepare_new_root(settings)
+        prepare_root(settings)
         wait_for(
             lambda: all(a.credentials.bundles.sequence >= 2 for a in running), 30, "the new root"
         )
@@ -194,8 +210,6 @@ def bench_reissue(agents: int, window: float) -> tuple[list[float], int]:
             svid = agent.credentials.svid
             if svid is None or len(svid.chain) < 2:
                 return None
-            from ca.core.keys import key_id
-
             return key_id(svid.chain[1].public_key())  # type: ignore[arg-type]
 
         deadline = time.monotonic() + window + 30
