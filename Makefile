@@ -38,11 +38,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix ca sds migrations tests scripts
 
 ## bench: issuance throughput in process and over gRPC with TLS (SQLite and PostgreSQL),
-## then the agent: start-up, bundle push to 20 Envoys, 10,000 WatchBundle streams, RSS.
+## then the agent: start-up, bundle push to 20 Envoys, 10,000 WatchBundle streams, RSS;
+## then rotation: NOTIFY across replicas, the reissue window, the ledger's authority check.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_issuance.py
 	$(BIN)/python tests/bench/bench_grpc.py
 	$(BIN)/python tests/bench/bench_agent.py
+	$(BIN)/python tests/bench/bench_rotation.py
 
 ## protos: regenerate ca/api/*_pb2.py(i) from proto/ (tests check they are current).
 protos: $(STAMP)
