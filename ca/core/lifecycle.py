@@ -84,6 +84,10 @@ class Transition:
     to_state: AuthorityState
     signs: bool = False
 
+    @property
+    def changes_anything(self) -> bool:
+        return self.signs or self.to_state is not self.authority.state
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -97,7 +101,7 @@ class Plan:
 
     @property
     def changes_anything(self) -> bool:
-        return any(t.signs or t.to_state is not t.authority.state for t in self.transitions)
+        return any(t.changes_anything for t in self.transitions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -281,7 +281,6 @@ class AuthorityStore:
         *,
         actor: str,
         now: datetime,
-        action: LifecycleAction = LifecycleAction.PREPARE,
     ) -> StepOutcome:
         """Add ``authorities`` in state PREPARED: trusted (in the bundle) but not signing yet."""
         _require_kek(self.require_identity(), kek)
@@ -294,9 +293,9 @@ class AuthorityStore:
                 raise FailedPrecondition(
                     "already_stored", "every authority given is already stored in this CA"
                 )
-            return Step(action, new=fresh)
+            return Step(LifecycleAction.PREPARE, new=fresh)
 
-        outcome = self._step(action, None, decide, actor=actor, now=now, kek=kek)
+        outcome = self._step(LifecycleAction.PREPARE, None, decide, actor=actor, now=now, kek=kek)
         assert outcome is not None
         return outcome
 
@@ -490,9 +489,7 @@ class Step:
 
     @property
     def changes_anything(self) -> bool:
-        return bool(self.new) or any(
-            t.signs or t.to_state is not t.authority.state for t in self.transitions
-        )
+        return bool(self.new) or any(t.changes_anything for t in self.transitions)
 
 
 @dataclass(frozen=True, slots=True)
