@@ -14,6 +14,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -29,6 +30,7 @@ from ca.core.errors import ConfigurationError, InvalidRequest
 from ca.core.identity import parse_trust_domain
 from ca.core.issuer import DEFAULT_BACKDATE
 from ca.core.keys import KeyType
+from ca.core.lifecycle import IntermediatePolicy
 
 #: The embedded default database: a SQLite file in the working directory.
 DEFAULT_DB_URL = "sqlite:///./meshca.db"
@@ -201,6 +203,14 @@ class Settings(TomlSettings):
     rotation_check_interval: Duration = Field(
         timedelta(seconds=30), description="how often a server checks whether rotation is due"
     )
+
+    @model_validator(mode="after")
+    def _rotation_points_in_order(self) -> Settings:
+        try:
+            IntermediatePolicy(self.intermediate_prepare_at, self.intermediate_activate_at)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+        return self
 
     @field_validator("jwt_algorithms")
     @classmethod

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from ca.settings import DEFAULT_DB_URL
 from ca.storage.engine import make_engine
@@ -20,14 +20,30 @@ def run_migrations() -> None:
     engine: Engine | None = config.attributes.get("engine")
     if engine is None:
         engine = make_engine(os.environ.get("MESHCA_DB_URL", DEFAULT_DB_URL))
-    with engine.begin() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-            compare_type=True,
-        )
-        context.run_migrations()
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch operations rebuild a table (copy, drop the old one, rename); dropping
+            # `authorities` with foreign keys enforced trips every intermediate's parent_id.
+            # SQLite ignores this pragma inside a transaction: set it before one begins.
+            _pragma(connection, "foreign_keys=OFF")
+        try:
+            with connection.begin():
+                context.configure(
+                    connection=connection,
+                    target_metadata=target_metadata,
+                    render_as_batch=sqlite,
+                    compare_type=True,
+                )
+                context.run_migrations()
+        finally:
+            if sqlite:
+                _pragma(connection, "foreign_keys=ON")
+
+
+def _pragma(connection: Connection, pragma: str) -> None:
+    connection.exec_driver_sql(f"PRAGMA {pragma}")
+    connection.commit()
 
 
 if context.is_offline_mode():

@@ -140,6 +140,20 @@ def retire(state: CliState, authority_id: str | None, force: bool) -> None:
 @root.command()
 @click.argument("authority_id")
 @pass_state
+def reinstate(state: CliState, authority_id: str) -> None:
+    """Undo a retirement: the retired authority is trusted again (prepared), in every agent's
+    bundle; `meshca root activate ID` then makes it sign. A revoked one never comes back."""
+    runtime = state.runtime()
+    outcome = runtime.authorities.reinstate(authority_id, actor=ADMIN_ACTOR, now=_now())
+    if outcome is None:
+        click.echo("nothing to do")
+        return
+    _report(outcome)
+
+
+@root.command()
+@click.argument("authority_id")
+@pass_state
 def revoke(state: CliState, authority_id: str) -> None:
     """Distrust an authority at once (key compromise).
 

@@ -46,6 +46,7 @@ class LifecycleAction(enum.StrEnum):
     ACTIVATE = "activate"
     RETIRE = "retire"
     REVOKE = "revoke"
+    REINSTATE = "reinstate"
     PREPARE_INTERMEDIATE = "prepare-intermediate"
     ACTIVATE_INTERMEDIATE = "activate-intermediate"
     RETIRE_EXPIRED = "retire-expired"
@@ -219,15 +220,13 @@ class Lifecycle:
         self._require_usable(target, now, "activate")
         root = self.root_of(target)
         self._require_usable(root, now, "activate")
-        signer = (
-            target if target.role is AuthorityRole.INTERMEDIATE else self._signer_under(root, now)
-        )
-        transitions = [Transition(root, AuthorityState.ACTIVE, signs=signer.id == root.id)]
-        if signer.id != root.id:
-            transitions.append(Transition(signer, AuthorityState.ACTIVE, signs=True))
+        signer = self._signer_under(target, now)
         current = self.signer()
-        if current is not None and current.id == signer.id:
-            transitions = [t for t in transitions if not t.signs]
+        already = current is not None and current.id == signer.id
+        transitions = [
+            Transition(a, AuthorityState.ACTIVE, signs=a.id == signer.id and not already)
+            for a in self._path_down(root, signer)
+        ]
         return Plan(LifecycleAction.ACTIVATE, target, tuple(transitions), (signer.id,))
 
     def plan_retire(self, id_or_prefix: str | None, now: datetime) -> Plan:
@@ -264,6 +263,37 @@ class Lifecycle:
             tuple(a.id for a in family),
         )
 
+    def plan_reinstate(self, id_or_prefix: str, now: datetime) -> Plan:
+        """Undo a retirement: a retired root (with its unexpired retired intermediates) or
+        intermediate is trusted again, PREPARED; activate it to make it sign."""
+        target = self.find(id_or_prefix)
+        if target.state is not AuthorityState.RETIRED:
+            raise FailedPrecondition(
+                "not_retired",
+                f"authority {target.id} is {target.state}; only a retired one can be reinstated"
+                + (
+                    " (a revoked authority is never trusted again)"
+                    if target.state is AuthorityState.REVOKED
+                    else ""
+                ),
+            )
+        self._require_usable_dates(target, now, "reinstate")
+        root = self.root_of(target)
+        if root.state is AuthorityState.REVOKED:
+            raise FailedPrecondition(
+                "authority_revoked", f"the root {root.id} above {target.id} was revoked"
+            )
+        family = [
+            a
+            for a in (*self._path_down(root, target)[:-1], *self.family(target))
+            if a.state is AuthorityState.RETIRED and a.valid_at(now)
+        ]
+        return Plan(
+            LifecycleAction.REINSTATE,
+            target,
+            tuple(Transition(a, AuthorityState.PREPARED) for a in family),
+        )
+
     def plan_intermediate_rotation(
         self, now: datetime, policy: IntermediatePolicy
     ) -> Plan | PrepareIntermediate | None:
@@ -273,6 +303,8 @@ class Lifecycle:
         if signer is None or signer.role is not AuthorityRole.INTERMEDIATE:
             return None
         root = self.root_of(signer)
+        if root.not_after <= signer.not_after:
+            return None  # no successor could outlive it: the root itself needs rotating
         elapsed = signer.elapsed(now)
         successor = self._prepared_successor(root, signer, now)
         if successor is not None and elapsed >= policy.activate_at:
@@ -284,6 +316,32 @@ class Lifecycle:
             )
         if successor is None and elapsed >= policy.prepare_at and root.has_key:
             return PrepareIntermediate(root, signer)
+        return None
+
+    def intermediate_rotation_blocked(
+        self, now: datetime, policy: IntermediatePolicy
+    ) -> str | None:
+        """Why the signing intermediate, due for replacement, cannot be replaced automatically
+        (``None`` when it is not due or can be): the admin must act before it expires."""
+        signer = self.signer()
+        if signer is None or signer.role is not AuthorityRole.INTERMEDIATE:
+            return None
+        if signer.elapsed(now) < policy.prepare_at:
+            return None
+        root = self.root_of(signer)
+        if root.not_after <= signer.not_after:
+            return (
+                f"the signing intermediate {signer.id} ends with its root {root.id} "
+                f"({signer.not_after:%Y-%m-%dT%H:%M:%SZ}); rotate the root: meshca root prepare, "
+                "then meshca root activate"
+            )
+        if not root.has_key and self._prepared_successor(root, signer, now) is None:
+            return (
+                f"the key of root {root.id} is not held (an imported CA), so nothing can replace "
+                f"the signing intermediate {signer.id} (valid until "
+                f"{signer.not_after:%Y-%m-%dT%H:%M:%SZ}); import one with meshca root prepare "
+                "--from-dir, then meshca root activate"
+            )
         return None
 
     def plan_retire_expired(self, now: datetime) -> Plan | None:
@@ -307,24 +365,35 @@ class Lifecycle:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _signer_under(self, root: AuthorityView, now: datetime) -> AuthorityView:
-        """Who signs when ``root`` is activated: its newest usable intermediate holding a key,
-        or the root itself when it holds the only key."""
+    def _signer_under(self, authority: AuthorityView, now: datetime) -> AuthorityView:
+        """Who signs when ``authority`` is activated: an intermediate holding its key signs
+        itself; otherwise (a root, or a keyless intermediate of an imported chain) the newest
+        usable intermediate below it holding a key, or ``authority`` when it holds the only key.
+        """
+        if authority.role is AuthorityRole.INTERMEDIATE and authority.has_key:
+            return authority
         usable = [
             a
-            for a in self.family(root)[1:]
+            for a in self.family(authority)[1:]
             if a.has_key
             and a.valid_at(now)
             and a.state in (AuthorityState.PREPARED, AuthorityState.ACTIVE)
         ]
         if usable:
             return max(usable, key=lambda a: a.created_at)
-        if root.has_key:
-            return root
+        if authority.has_key:
+            return authority
         raise FailedPrecondition(
             "no_signing_key",
-            f"neither root {root.id} nor any usable intermediate under it holds a signing key",
+            f"neither {authority.id} nor any usable intermediate under it holds a signing key",
         )
+
+    def _path_down(self, root: AuthorityView, signer: AuthorityView) -> list[AuthorityView]:
+        """The authorities from ``root`` down to ``signer``, both included."""
+        path = [signer]
+        while path[-1].id != root.id and path[-1].parent_id in self._by_id:
+            path.append(self._by_id[path[-1].parent_id])
+        return list(reversed(path))
 
     def _prepared_successor(
         self, root: AuthorityView, signer: AuthorityView, now: datetime
@@ -367,13 +436,22 @@ class Lifecycle:
             if a.state is not AuthorityState.REVOKED and a.state is not state
         ]
 
-    @staticmethod
-    def _require_usable(authority: AuthorityView, now: datetime, verb: str) -> None:
+    @classmethod
+    def _require_usable(cls, authority: AuthorityView, now: datetime, verb: str) -> None:
         if authority.state in (AuthorityState.RETIRED, AuthorityState.REVOKED):
+            hint = (
+                " (meshca root reinstate first)"
+                if authority.state is AuthorityState.RETIRED
+                else ""
+            )
             raise FailedPrecondition(
                 "out_of_service",
-                f"cannot {verb} {authority.id}: it is {authority.state}",
+                f"cannot {verb} {authority.id}: it is {authority.state}{hint}",
             )
+        cls._require_usable_dates(authority, now, verb)
+
+    @staticmethod
+    def _require_usable_dates(authority: AuthorityView, now: datetime, verb: str) -> None:
         if not authority.valid_at(now):
             raise FailedPrecondition(
                 "authority_expired",

@@ -102,6 +102,10 @@ class AuthorityWatch:
                     )
                     await self.load()
                     metrics.CA_RELOADS.labels(trigger).inc()
+                elif trigger == "notify":
+                    # A refused step changes nothing but is announced: count it.
+                    counts = await asyncio.to_thread(self._store.event_counts)
+                    _export_event_counts(counts)
         except MeshcaError as error:
             if self.healthy:
                 log.warning("cannot check the CA state: %s", error.message)
@@ -154,5 +158,9 @@ def _export_lifecycle(snapshot: CaSnapshot) -> None:
     for authority in snapshot.authorities:
         if authority.has_key:
             metrics.SIGNING_AUTHORITY.labels(authority.id).set(1 if authority.id == signer else 0)
-    for (action, outcome), count in snapshot.event_counts.items():
+    _export_event_counts(snapshot.event_counts)
+
+
+def _export_event_counts(counts: Mapping[tuple[str, str], int]) -> None:
+    for (action, outcome), count in counts.items():
         metrics.LIFECYCLE_STEPS.labels(action, outcome).set(count)

@@ -74,6 +74,12 @@ INTERMEDIATE_ROTATIONS = Counter(
     "Automatic intermediate rotation steps this server made, by action",
     ["action"],
 )
+INTERMEDIATE_ROTATION_BLOCKED = Gauge(
+    "meshca_ca_intermediate_rotation_blocked",
+    "1 when the signing intermediate is due for replacement but cannot be replaced "
+    "automatically (its root ends with it, or the root's key is not held): rotate the root",
+    multiprocess_mode="livemax",
+)
 CA_RELOADS = Counter(
     "meshca_ca_reloads",
     "Times this server reloaded the CA after a change, by how it learned of it",

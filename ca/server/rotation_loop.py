@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from ca.core.errors import MeshcaError
 from ca.runtime import CaRuntime
@@ -42,6 +42,7 @@ class RotationLoop:
         self._interval = interval.total_seconds()
         self._on_step = on_step
         self._actor = server_actor()
+        self._blocked: str | None = None
 
     async def run(self) -> None:
         while True:
@@ -77,4 +78,20 @@ class RotationLoop:
             )
         if made:
             await self._on_step()
+        else:
+            await self._report_blocked()
         return made
+
+    async def _report_blocked(self) -> None:
+        """Warn (once per reason) when no automatic step can save the signing intermediate."""
+        try:
+            lifecycle = await asyncio.to_thread(self._runtime.authorities.lifecycle)
+        except MeshcaError:
+            return
+        reason = lifecycle.intermediate_rotation_blocked(
+            datetime.now(UTC), self._runtime.intermediate_policy()
+        )
+        metrics.INTERMEDIATE_ROTATION_BLOCKED.set(0 if reason is None else 1)
+        if reason is not None and reason != self._blocked:
+            log.warning("automatic intermediate rotation cannot proceed: %s", reason)
+        self._blocked = reason

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -243,9 +243,10 @@ class AuthorityStore:
             return _load_signing(conn, signer.id, kek)
 
     def bundle(self) -> TrustBundle:
-        """Every trusted root (prepared or active), the signer, the revoked authorities and the
-        bundle sequence, read together."""
+        """Every trusted (prepared or active), unexpired root, the signer, the revoked
+        authorities and the bundle sequence, read together."""
         trusted = [s.value for s in AuthorityState if s.trusted]
+        now = utc_now()
         with database_errors("reading the trust bundle"), self.engine.connect() as conn:
             ident = _identity(conn)
             if ident is None:
@@ -254,6 +255,7 @@ class AuthorityStore:
                 select(Authority.certificate_pem)
                 .where(Authority.role == AuthorityRole.ROOT.value)
                 .where(Authority.state.in_(trusted))
+                .where(Authority.not_after > now)
                 .order_by(Authority.created_at)
             ).all()
             lifecycle = Lifecycle(_views(conn))
@@ -264,7 +266,7 @@ class AuthorityStore:
             ident.bundle_sequence,
             roots,
             signer.id if signer is not None else None,
-            tuple(lifecycle.revoked_key_ids(utc_now())),
+            tuple(lifecycle.revoked_key_ids(now)),
         )
 
     def lifecycle(self) -> Lifecycle:
@@ -286,14 +288,27 @@ class AuthorityStore:
         _require_kek(self.require_identity(), kek)
 
         def decide(lifecycle: Lifecycle, _conn: Connection) -> Step:
-            # Importing an intermediate under a root already stored adds the intermediate only.
-            known = {a.id for a in lifecycle.authorities}
+            # Importing an intermediate under a root already stored adds the intermediate only;
+            # material of a retired authority trusts it again (the undo of a retirement).
+            known = {a.id: a for a in lifecycle.authorities}
+            revoked = [n.id for n in authorities if _state(known, n.id) is AuthorityState.REVOKED]
+            if revoked:
+                raise FailedPrecondition(
+                    "authority_revoked",
+                    f"authority {revoked[0]} was revoked; a revoked authority is never trusted "
+                    "again",
+                )
             fresh = tuple(new for new in authorities if new.id not in known)
-            if not fresh:
+            reinstated = tuple(
+                Transition(known[n.id], AuthorityState.PREPARED)
+                for n in authorities
+                if _state(known, n.id) is AuthorityState.RETIRED
+            )
+            if not fresh and not reinstated:
                 raise FailedPrecondition(
                     "already_stored", "every authority given is already stored in this CA"
                 )
-            return Step(LifecycleAction.PREPARE, new=fresh)
+            return Step(LifecycleAction.PREPARE, reinstated, fresh)
 
         outcome = self._step(LifecycleAction.PREPARE, None, decide, actor=actor, now=now, kek=kek)
         assert outcome is not None
@@ -338,6 +353,16 @@ class AuthorityStore:
             LifecycleAction.REVOKE,
             authority,
             lambda lifecycle, _conn: Step.of(lifecycle.plan_revoke(authority, now)),
+            actor=actor,
+            now=now,
+        )
+
+    def reinstate(self, authority: str, *, actor: str, now: datetime) -> StepOutcome | None:
+        """Trust a retired authority again (PREPARED): the undo of ``retire``."""
+        return self._step(
+            LifecycleAction.REINSTATE,
+            authority,
+            lambda lifecycle, _conn: Step.of(lifecycle.plan_reinstate(authority, now)),
             actor=actor,
             now=now,
         )
@@ -458,6 +483,7 @@ class AuthorityStore:
             sequence = conn.execute(
                 select(CaState.bundle_sequence).where(CaState.id == _CA_STATE_ID)
             ).scalar_one()
+            notify_change(conn, sequence)  # replicas refresh their lifecycle metrics
             conn.execute(
                 insert(CaEvent),
                 [
@@ -546,6 +572,10 @@ def _apply(
     now: datetime,
 ) -> StepOutcome:
     changes: list[StepChange] = []
+    # The activation committed last signs (Lifecycle.signer orders by activated_at): never
+    # record one older than an activation already committed, whatever the caller's clock says.
+    latest = conn.execute(select(func.max(Authority.activated_at))).scalar()
+    activated_at = now if latest is None or now > latest else latest + timedelta(microseconds=1)
     if step.new:
         if kek is None:
             raise InternalError("kek_missing", "storing new authorities needs the KEK")
@@ -566,7 +596,7 @@ def _apply(
             "updated_by": actor,
         }
         if transition.signs:
-            values["activated_at"] = now
+            values["activated_at"] = activated_at
         conn.execute(
             update(Authority).where(Authority.id == transition.authority.id).values(**values)
         )
@@ -598,6 +628,11 @@ def _apply(
         ],
     )
     return StepOutcome(step.action, sequence, tuple(changes))
+
+
+def _state(known: dict[str, AuthorityView], authority_id: str) -> AuthorityState | None:
+    found = known.get(authority_id)
+    return found.state if found is not None else None
 
 
 def _detail(detail: str, signs: bool) -> str:

@@ -162,3 +162,34 @@ def test_prepare_imports_ca_material_from_a_directory(admin: Meshca, tmp_path: P
     assert chain[1:] == [intermediate.certificate, root.certificate]
     # The same material again: nothing new to store.
     assert_error(admin("root", "prepare", "--from-dir", cacerts, check=False), 4, "already stored")
+
+
+def test_reinstate_undoes_a_retirement_but_never_a_revocation(admin: Meshca) -> None:
+    old = by_role(status(admin), "active")
+    admin("root", "prepare")
+    admin("root", "activate")
+    admin("root", "retire")
+    assert_error(
+        admin("root", "activate", old["root"]["id"], check=False), 4, "meshca root reinstate"
+    )
+
+    reinstated = admin("root", "reinstate", old["root"]["id"][:12])
+    assert "retired -> prepared" in reinstated.stdout
+    summary = status(admin)
+    assert old["root"]["id"] in summary["trusted_root_ids"]
+    admin("root", "activate", old["root"]["id"])
+    assert status(admin)["signing_key_id"] == old["intermediate"]["id"]
+
+    new_root = next(
+        a["id"]
+        for a in status(admin)["authorities"]
+        if a["role"] == "root" and a["signing"] == "" and a["id"] != old["root"]["id"]
+    )
+    admin("root", "revoke", new_root)
+    assert_error(admin("root", "reinstate", new_root, check=False), 4, "never trusted again")
+    events = json.loads(
+        admin("audit", "events", "--action", "reinstate", "--format", "json").stdout
+    )
+    done = {e["authority_id"] for e in events if e["outcome"] == "done"}
+    assert done == {old["root"]["id"], old["intermediate"]["id"]}
+    assert [e["authority_id"] for e in events if e["outcome"] == "refused"] == [new_root]
