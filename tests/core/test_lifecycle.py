@@ -908,3 +908,95 @@ def test_an_intermediate_never_outlives_its_root() -> None:
 def test_elapsed_fraction_of_life(moment: datetime, elapsed: float) -> None:
     a1 = signing_intermediate_ca()[1]
     assert a1.elapsed(moment) == pytest.approx(elapsed)
+
+
+# --- plan_reinstate: the undo of a retirement --------------------------------------------------
+
+
+def retired_old_family() -> list[AuthorityView]:
+    """After retiring A: B signs, A and its intermediates are out of the bundle."""
+    return [
+        root(A, RETIRED, activated=INIT_AT),
+        intermediate(A1, A, RETIRED, activated=INIT_AT),
+        intermediate(A2, A, RETIRED, created=INIT_AT - YEAR, not_after=NOW - DAY),  # expired
+        root(B, ACTIVE, created=NOW - DAY),
+        intermediate(B1, B, ACTIVE, created=NOW - DAY, activated=NOW - DAY / 2),
+    ]
+
+
+def test_reinstate_trusts_the_retired_family_again_without_its_expired_members() -> None:
+    plan = lifecycle(retired_old_family()).plan_reinstate(A[:6], NOW)
+    assert plan.action is LifecycleAction.REINSTATE
+    assert [(t.authority.id, t.to_state, t.signs) for t in plan.transitions] == [
+        (A, PREPARED, False),
+        (A1, PREPARED, False),
+    ]
+
+
+def test_reinstating_an_intermediate_brings_its_retired_root_back_too() -> None:
+    plan = lifecycle(retired_old_family()).plan_reinstate(A1, NOW)
+    assert [t.authority.id for t in plan.transitions] == [A, A1]
+
+
+@pytest.mark.parametrize(
+    ("authorities", "target", "reason"),
+    [
+        pytest.param(rotated(), A, "not_retired", id="active"),
+        pytest.param(
+            [*retired_old_family()[3:], root(A, REVOKED), intermediate(A1, A, REVOKED)],
+            A,
+            "not_retired",
+            id="revoked",
+        ),
+        pytest.param(
+            [root(A, REVOKED), intermediate(A1, A, RETIRED), *retired_old_family()[3:]],
+            A1,
+            "authority_revoked",
+            id="under-a-revoked-root",
+        ),
+        pytest.param(retired_old_family(), A2, "authority_expired", id="expired"),
+    ],
+)
+def test_reinstate_refuses_what_must_stay_out(
+    authorities: list[AuthorityView], target: str, reason: str
+) -> None:
+    with pytest.raises(FailedPrecondition) as info:
+        lifecycle(authorities).plan_reinstate(target, NOW)
+    assert info.value.reason == reason
+
+
+# --- intermediate_rotation_blocked: when the admin must act ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fraction", "root_key", "root_ends_with_signer", "blocked"),
+    [
+        pytest.param(0.4, False, True, None, id="not-due"),
+        pytest.param(0.6, True, False, None, id="rotatable"),
+        pytest.param(0.6, False, False, "is not held", id="root-key-missing"),
+        pytest.param(0.6, True, True, "ends with its root", id="root-ends"),
+    ],
+)
+def test_a_rotation_that_cannot_happen_says_why(
+    fraction: float, root_key: bool, root_ends_with_signer: bool, blocked: str | None
+) -> None:
+    start = NOW - 100 * DAY
+    end = start + 200 * DAY
+    authorities = [
+        root(
+            A,
+            ACTIVE,
+            key=root_key,
+            activated=start,
+            not_after=end if root_ends_with_signer else None,
+        ),
+        intermediate(A1, A, ACTIVE, activated=start, not_before=start, not_after=end),
+    ]
+    when = start + (end - start) * fraction
+    reason = lifecycle(authorities).intermediate_rotation_blocked(when, IntermediatePolicy())
+    if blocked is None:
+        assert reason is None
+    else:
+        assert reason is not None
+        assert blocked in reason
+        assert A1 in reason
