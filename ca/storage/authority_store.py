@@ -484,6 +484,8 @@ class AuthorityStore:
                 select(CaState.bundle_sequence).where(CaState.id == _CA_STATE_ID)
             ).scalar_one()
             notify_change(conn, sequence)  # replicas refresh their lifecycle metrics
+            if target is not None:
+                target = _resolved(Lifecycle(_views(conn)), target)
             conn.execute(
                 insert(CaEvent),
                 [
@@ -628,6 +630,15 @@ def _apply(
         ],
     )
     return StepOutcome(step.action, sequence, tuple(changes))
+
+
+def _resolved(lifecycle: Lifecycle, id_or_prefix: str) -> str:
+    """The full id ``id_or_prefix`` names, or the text itself (cut to an id's length) when it
+    names none, for the audit record of a refusal."""
+    try:
+        return lifecycle.find(id_or_prefix).id
+    except InvalidRequest:
+        return id_or_prefix[:32]
 
 
 def _state(known: dict[str, AuthorityView], authority_id: str) -> AuthorityState | None:

@@ -902,3 +902,16 @@ def test_each_done_step_is_announced_with_its_sequence(postgres_url: str, tmp_pa
             assert payloads == [str(activated.sequence)]
     finally:
         rt.engine.dispose()
+
+
+def test_a_refusal_records_the_full_id_the_admin_abbreviated(
+    store: AuthorityStore, runtime: CaRuntime
+) -> None:
+    base = utc_now()
+    _old, new = rotate_to_new_family(runtime, base)
+    with pytest.raises(FailedPrecondition):
+        store.revoke(new.root[:8], actor="carol", now=base + 3 * SECOND)
+    with pytest.raises(InvalidRequest):
+        store.revoke("f" * 40, actor="carol", now=base + 3 * SECOND)
+    refused = [e for e in all_events(store) if e.outcome == "refused"]
+    assert sorted(e.authority_id or "" for e in refused) == sorted(["f" * 32, new.root])
