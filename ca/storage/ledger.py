@@ -71,8 +71,10 @@ class Ledger:
             return
         with database_errors("recording issuance"), self.engine.begin() as conn:
             if issued:
-                _require_in_service(conn, {r.issuer_key_id for r in issued})
                 conn.execute(insert(IssuedCert), [_row(r, _ISSUED_FIELDS) for r in issued])
+                # After the insert, which holds the write lock on SQLite: the check sees every
+                # committed lifecycle step, and a refusal rolls the rows back.
+                _require_in_service(conn, {r.issuer_key_id for r in issued})
             if denied:
                 conn.execute(insert(DeniedRequest), [_row(r, _DENIED_FIELDS) for r in denied])
 

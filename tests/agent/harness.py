@@ -91,7 +91,13 @@ class RunningAgent:
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
 
     def wait_ready(self, timeout: float = 15) -> Credentials:
-        self.call(self.agent.wait_ready(timeout), timeout + 5)
+        try:
+            self.call(self.agent.wait_ready(timeout), timeout + 5)
+        except TimeoutError:
+            _ready, reason = self.agent.readiness()
+            raise AssertionError(
+                f"agent {self.settings.sds_socket.name} not ready after {timeout}s: {reason}"
+            ) from None
         return self.credentials
 
     def wait_newer(self, generation: int, timeout: float = 15) -> Credentials:

@@ -10,6 +10,7 @@ import pytest
 from ca.core import errors
 from ca.core.errors import (
     ConfigurationError,
+    FailedPrecondition,
     InternalError,
     InvalidRequest,
     MeshcaError,
@@ -24,6 +25,7 @@ DOCUMENTED: dict[type[MeshcaError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ConfigurationError: grpc.StatusCode.UNAVAILABLE,
