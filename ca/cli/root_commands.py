@@ -130,11 +130,7 @@ def retire(state: CliState, authority_id: str | None, force: bool) -> None:
     which identities, unless --force.
     """
     runtime = state.runtime()
-    outcome = runtime.authorities.retire(authority_id, actor=ADMIN_ACTOR, now=_now(), force=force)
-    if outcome is None:
-        click.echo("nothing to do")
-        return
-    _report(outcome)
+    _report(runtime.authorities.retire(authority_id, actor=ADMIN_ACTOR, now=_now(), force=force))
 
 
 @root.command()
@@ -144,11 +140,7 @@ def reinstate(state: CliState, authority_id: str) -> None:
     """Undo a retirement: the retired authority is trusted again (prepared), in every agent's
     bundle; `meshca root activate ID` then makes it sign. A revoked one never comes back."""
     runtime = state.runtime()
-    outcome = runtime.authorities.reinstate(authority_id, actor=ADMIN_ACTOR, now=_now())
-    if outcome is None:
-        click.echo("nothing to do")
-        return
-    _report(outcome)
+    _report(runtime.authorities.reinstate(authority_id, actor=ADMIN_ACTOR, now=_now()))
 
 
 @root.command()
@@ -161,11 +153,7 @@ def revoke(state: CliState, authority_id: str) -> None:
     now, without waiting for the reissue window. Activate another authority first.
     """
     runtime = state.runtime()
-    outcome = runtime.authorities.revoke(authority_id, actor=ADMIN_ACTOR, now=_now())
-    if outcome is None:
-        click.echo("nothing to do")
-        return
-    _report(outcome)
+    _report(runtime.authorities.revoke(authority_id, actor=ADMIN_ACTOR, now=_now()))
 
 
 @root.command()
@@ -238,7 +226,10 @@ def _trusted(row: dict[str, Any]) -> bool:
     return row["state"] in ("prepared", "active")
 
 
-def _report(outcome: StepOutcome) -> None:
+def _report(outcome: StepOutcome | None) -> None:
+    if outcome is None:
+        click.echo("nothing to do")
+        return
     for change in outcome.changes:
         before = change.from_state.value if change.from_state else "new"
         signs = " (signs from now on)" if change.signs else ""

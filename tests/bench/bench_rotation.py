@@ -28,17 +28,17 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench_issuance import postgres_database
 
 from ca.api import methods
 from ca.core.keys import key_id
@@ -71,19 +71,8 @@ def summary_ms(values: list[float]) -> str:
     )
 
 
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    base = os.environ.get("MESHCA_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
-    name = f"meshca_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def postgres_url() -> str:
+    return os.environ.get("MESHCA_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
 
 
 class BundleReader:
@@ -123,7 +112,11 @@ def bench_replica_push(rounds: int, streams: int, *, notify: bool) -> list[float
     refresh = timedelta(seconds=60) if notify else timedelta(seconds=1)
     latencies: list[float] = []
     minter = TokenMinter()
-    with postgres_database() as url, tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+    with (
+        postgres_database(postgres_url()) as url,
+        tempfile.TemporaryDirectory() as tmp,
+        ExitStack() as stack,
+    ):
         directory = Path(tmp)
         settings = serving_settings(
             directory,
@@ -304,7 +297,7 @@ def main() -> None:
             f"   SQLite      {checked * 1e3:6.3f} ms vs {unchecked * 1e3:6.3f} ms  "
             f"ratio {checked / unchecked:.3f}"
         )
-    with postgres_database() as url:
+    with postgres_database(postgres_url()) as url:
         checked, unchecked = bench_ledger_record(url, count)
         print(
             f"   PostgreSQL  {checked * 1e3:6.3f} ms vs {unchecked * 1e3:6.3f} ms  "

@@ -244,9 +244,11 @@ def wait_peer_saw(envoy: EnvoyProcess, traffic: Traffic, side: str, serial: str)
 
 @dataclass
 class Traffic:
-    """Requests in a loop (a new connection each) through both Envoys of a pair, in a thread."""
+    """Requests in a loop (a new connection each) through both Envoys of a pair, in a thread,
+    with ``pause`` seconds between rounds (none by default)."""
 
     pair: EnvoyPair
+    pause: float = 0.0
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     peer_serials: dict[str, set[str]] = field(default_factory=lambda: {"a": set(), "b": set()})
@@ -266,7 +268,7 @@ class Traffic:
     def _run(self) -> None:
         # (source, which workload's serial the receiving inbound reports as its peer)
         routes = ((self.pair.a, "a", "envoy-b"), (self.pair.b, "b", "envoy-a"))
-        while not self._stop.is_set():
+        while not self._stop.wait(self.pause):
             for source, side, served_by in routes:
                 try:
                     response = source.request(timeout=5)

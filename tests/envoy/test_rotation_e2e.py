@@ -39,7 +39,7 @@ from ca.storage.ledger import Ledger, LedgerQuery
 from ca.storage.models import Authority
 from tests.agent.harness import socket_dir
 from tests.cli.helpers import Meshca, Result, assert_error, in_parallel
-from tests.envoy.harness import EnvoyPair, EnvoyProcess, normalise_serial
+from tests.envoy.harness import EnvoyPair, EnvoyProcess
 from tests.envoy.test_mesh_e2e import (
     CA_OVERRIDES,
     Mesh,
@@ -321,30 +321,10 @@ def start_cluster(stack: ExitStack, tmp_path: Path, db_url: str, topology: Topol
     return Cluster(admin, db_url, workloads, pairs)
 
 
-@dataclass
-class PacedTraffic(Traffic):
-    """:class:`Traffic` with a short pause between rounds: dozens of requests a second through
-    each pair (a full mTLS handshake each) still find any moment the mesh cannot serve, and
-    leave the two cores to the CA, the agents and the admin's ``meshca`` runs."""
-
-    pause: float = 0.01
-
-    def _run(self) -> None:
-        routes = ((self.pair.a, "a", "envoy-b"), (self.pair.b, "b", "envoy-a"))
-        while not self._stop.wait(self.pause):
-            for source, side, served_by in routes:
-                try:
-                    response = source.request(timeout=5)
-                except OSError as error:
-                    self.failures.append(f"{source.config.node_id}: {error!r}")
-                    continue
-                if response.status != 200 or response.headers.get("x-served-by") != served_by:
-                    self.failures.append(
-                        f"{source.config.node_id}: {response.status} {response.body[:200]!r}"
-                    )
-                    continue
-                self.peer_serials[side].add(normalise_serial(response.headers["x-peer-serial"]))
-                self.ok += 1
+#: A short pause between rounds: dozens of requests a second through each pair (a full mTLS
+#: handshake each) still find any moment the mesh cannot serve, and leave the two cores to the
+#: CA, the agents and the admin's ``meshca`` runs.
+PACE = 0.01
 
 
 @pytest.fixture
@@ -375,7 +355,7 @@ def test_full_rotation_with_continuous_traffic_drops_nothing(
     assert all(trusts(envoy, {old.root_serial}, exactly=True) for envoy in envoys)
 
     with ExitStack() as traffic:
-        loops = [traffic.enter_context(PacedTraffic(pair)) for pair in cluster.pairs]
+        loops = [traffic.enter_context(Traffic(pair, pause=PACE)) for pair in cluster.pairs]
 
         # prepare: the new root is trusted everywhere before it signs anything.
         new = prepared_generation(postgres_url, admin.step("prepare"))
