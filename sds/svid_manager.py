@@ -46,6 +46,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_DUE_AT_ONCE = datetime.min.replace(tzinfo=UTC)
+
+
 def repeat_backoff() -> Backoff:
     """The least wait before re-issuing again an SVID that was just obtained but that the bundle
     already rules out (the CA answered from an authority it no longer signs with)."""
@@ -204,8 +207,10 @@ class SvidManager:
         )
 
     def _due(self) -> datetime:
-        """When to renew next: now when no SVID is held."""
-        return self.next_renewal or self._clock()
+        """When to renew next: at once when no SVID is held. (Not ``self._clock()``: a clock
+        read again is always a little later than the ``now`` it is compared with, so the wait
+        would never end.)"""
+        return self.next_renewal or _DUE_AT_ONCE
 
     async def _sleep_until(self, deadline: Callable[[], datetime]) -> None:
         """Sleep until ``deadline()`` (asked again whenever the schedule changes), cut short by

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ca.core.records import IssuedRecord
 from tests.agent.conftest import StartAgent
-from tests.agent.harness import RunningAgent
+from tests.agent.harness import RunningAgent, agent_settings, running_agent, write_token
 from tests.processes import free_port
 from tests.server.conftest import Served, wait_until
 from tests.server.harness import prepare_new_root
@@ -269,3 +269,21 @@ def test_every_workload_key_type_is_issued(
     assert isinstance(svid.key, algorithm)
     assert svid.key.key_size == size
     assert svid.leaf.public_key() == svid.key.public_key()
+
+
+def test_the_first_svid_is_requested_even_when_every_clock_reading_is_later(
+    sqlite_url: str, serve: Callable[..., Served], sockets: Path
+) -> None:
+    """A clock read twice never gives the same time on a busy machine: the agent must not wait
+    for "now" to come (it once could, forever, holding no SVID and recording no error)."""
+    served = serve(sqlite_url)
+    ticks = iter(range(1, 10**9))
+
+    def strictly_later() -> datetime:
+        return datetime.now(UTC) + timedelta(microseconds=next(ticks))
+
+    token = write_token(served.minter, sockets, "default", "ticking")
+    settings = agent_settings(served.ca, sockets, token, name="ticking")
+    with running_agent(settings, clock=strictly_later) as agent:
+        agent.wait_ready(timeout=10)
+        assert agent.credentials.svid is not None
