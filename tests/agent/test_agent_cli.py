@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -32,6 +29,7 @@ from ca.core.keys import KeyType, generate_private_key
 from sds.api import xds
 from tests.agent.harness import socket_dir
 from tests.cli.helpers import MESHCA, Result, assert_error, clean_env
+from tests.meshca_process import MeshcaProcess
 from tests.processes import free_port
 from tests.server.conftest import wait_until
 from tests.server.harness import RunningCa, TokenMinter, running_ca, serving_settings
@@ -147,43 +145,24 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels} in /metrics:\n{text}")
 
 
-class AgentProcess:
-    """A running ``meshca agent``; stderr goes to a file (a pipe could fill and block it)."""
+class AgentProcess(MeshcaProcess):
+    """A running ``meshca agent``."""
+
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(
         self, workdir: Path, args: Sequence[str | Path], env: Mapping[str, str], metrics_port: int
     ) -> None:
-        self.args = tuple(str(a) for a in args)
-        self.metrics_port = metrics_port
-        self.stderr_path = workdir / f"agent-{metrics_port}.stderr"
-        full_env = clean_env()
-        full_env.update(env)
-        with self.stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [str(MESHCA), *self.args],
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
+        super().__init__(
+            workdir, args, metrics_port=metrics_port, stderr_name=f"agent-{metrics_port}", env=env
+        )
 
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def describe(self) -> str:
-        return f"meshca {' '.join(self.args)} (exit {self.process.poll()})\n{self.stderr}"
-
-    def http(self, path: str) -> tuple[int, str] | None:
+    def http(self, path: str) -> tuple[int, str] | None:  # type: ignore[override]
         """Status and body of GET ``path`` on the ops port; ``None`` while it does not answer."""
         if self.process.poll() is not None:
             pytest.fail(f"the agent exited:\n{self.describe()}")
-        url = f"http://127.0.0.1:{self.metrics_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return int(response.status), response.read().decode()
-        except urllib.error.HTTPError as error:
-            return int(error.code), error.read().decode()
+            return super().http(path)
         except OSError:
             return None
 
@@ -197,16 +176,6 @@ class AgentProcess:
             return None
 
         return wait_until(answered, timeout=READY_TIMEOUT, what=f"/readyz to answer {status}")
-
-    def terminate(self) -> int:
-        """SIGTERM; the exit code (fails the test if it does not exit in time)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            pytest.fail(f"no exit within {STOP_TIMEOUT}s of SIGTERM:\n{self.describe()}")
 
 
 @contextmanager
@@ -222,9 +191,7 @@ def agent_process(
     try:
         yield process
     finally:
-        if process.process.poll() is None:
-            process.process.kill()
-            process.process.wait()
+        process.ensure_stopped()
 
 
 def agent_args(

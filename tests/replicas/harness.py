@@ -10,8 +10,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +28,9 @@ from ca.runtime import CaRuntime
 from ca.settings import load_settings
 from tests.cli.helpers import MESHCA, Meshca, Result, clean_env
 from tests.factories import make_csr
+from tests.meshca_process import MeshcaProcess
 from tests.processes import free_port
+from tests.server.conftest import wait_until
 from tests.server.harness import ISSUER, TokenMinter
 
 #: A replica may start slowly on a loaded two-core machine (interpreter start-up, imports,
@@ -45,18 +45,6 @@ _CHANGE = re.compile(
     r"(?P<before>[a-z]+) -> (?P<after>[a-z]+)(?P<signs> \(signs from now on\))?$",
     re.MULTILINE,
 )
-
-
-def wait_for(
-    condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.02
-) -> None:
-    """Poll ``condition`` until it is truthy, or fail the test at the deadline (like
-    ``tests.server.conftest.wait_until``, with a poll interval of choice)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)
@@ -95,8 +83,8 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-class Replica:
-    """One ``meshca ca serve --workers 1`` subprocess; its stderr goes to a file."""
+class Replica(MeshcaProcess):
+    """One ``meshca ca serve --workers 1`` subprocess."""
 
     def __init__(
         self,
@@ -110,30 +98,25 @@ class Replica:
         self.name = name
         self.port = free_port()
         self.mtls_port = free_port()
-        self.metrics_port = free_port()
-        self.stderr_path = workdir / f"replica-{name}-{self.port}.stderr"
-        self.args = (
+        metrics_port = free_port()
+        args = (
             "--db", db_url,
             "--kek-file", str(kek_file),
             "ca", "serve",
             "--listen", f"127.0.0.1:{self.port}",
             "--mtls-listen", f"127.0.0.1:{self.mtls_port}",
-            "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+            "--metrics-listen", f"127.0.0.1:{metrics_port}",
             "--workers", "1",
             "--jwt-issuer", ISSUER,
             "--jwt-public-key", str(jwt_public_key),
         )  # fmt: skip
-        full_env = clean_env()
-        full_env.update(env)
-        with self.stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [str(MESHCA), *self.args],
-                cwd=workdir,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
+        super().__init__(
+            workdir,
+            args,
+            metrics_port=metrics_port,
+            stderr_name=f"replica-{name}-{self.port}",
+            env=env,
+        )
 
     @property
     def address(self) -> str:
@@ -143,20 +126,8 @@ class Replica:
     def mtls_address(self) -> str:
         return f"127.0.0.1:{self.mtls_port}"
 
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
     def describe(self) -> str:
-        return f"replica {self.name} (exit {self.process.poll()}):\n{self.stderr}"
-
-    def http(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.metrics_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+        return f"replica {self.name}: {super().describe()}"
 
     def ready(self) -> bool:
         if self.process.poll() is not None:
@@ -167,7 +138,7 @@ class Replica:
             return False
 
     def wait_ready(self) -> None:
-        wait_for(self.ready, timeout=READY_TIMEOUT, what=f"replica {self.name}'s /readyz")
+        wait_until(self.ready, timeout=READY_TIMEOUT, what=f"replica {self.name}'s /readyz")
 
     def metrics(self) -> str:
         status, body = self.http("/metrics")
@@ -185,21 +156,6 @@ class Replica:
         """SIGKILL: no drain, no clean shutdown."""
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(STOP_TIMEOUT)
-
-    def terminate(self) -> int:
-        """SIGTERM; the exit code (fails the test if the replica does not exit in time)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            pytest.fail(f"no exit within {STOP_TIMEOUT}s of SIGTERM:\n{self.describe()}")
-
-    def ensure_stopped(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 class Deployment:
@@ -322,7 +278,7 @@ class BundleStream:
                 self._error = error
                 self._changed.notify_all()
 
-    def wait_for(
+    def wait_until(
         self, predicate: Callable[[methods.TrustBundleMessage], bool], *, timeout: float, what: str
     ) -> Received:
         """The first message (received so far or next) matching ``predicate``."""
@@ -346,7 +302,7 @@ class BundleStream:
                 self._changed.wait(remaining)
 
     def first(self, *, timeout: float = 30.0) -> Received:
-        return self.wait_for(lambda _m: True, timeout=timeout, what="the first bundle")
+        return self.wait_until(lambda _m: True, timeout=timeout, what="the first bundle")
 
     def close(self) -> None:
         """End the stream (closing its channel cancels it)."""

@@ -36,9 +36,8 @@ from tests.replicas.harness import (
     metric,
     reported_changes,
     reported_sequence,
-    wait_for,
 )
-from tests.server.conftest import spiffe_id, uri_sans
+from tests.server.conftest import spiffe_id, uri_sans, wait_until
 
 #: Polling once a minute: anything a replica learns within seconds it learnt from NOTIFY.
 NO_POLLING = {"MESHCA_BUNDLE_REFRESH_INTERVAL": "60s"}
@@ -103,7 +102,7 @@ def test_a_step_through_the_cli_reaches_every_replica_within_a_second(
 
         after_return, after_step = [], []
         for stream in streams:
-            got = stream.wait_for(
+            got = stream.wait_until(
                 lambda m: m.sequence >= prepare_sequence,
                 timeout=10 * NOTIFY_DEADLINE,
                 what="the prepared root",
@@ -127,7 +126,7 @@ def test_a_step_through_the_cli_reaches_every_replica_within_a_second(
         assert activate_sequence == 3, activated.describe()
         assert [c.id for c in reported_changes(activated.stdout) if c.signs] == [new_intermediate]
         for stream in streams:
-            got = stream.wait_for(
+            got = stream.wait_until(
                 lambda m: m.signing_key_id == new_intermediate,
                 timeout=10 * NOTIFY_DEADLINE,
                 what="the activated intermediate",
@@ -288,7 +287,7 @@ def test_racing_admins_cannot_corrupt_the_state(deployment: Deployment) -> None:
     # and the replica serving through the race ends on the same state
     stream = BundleStream(replica, deployment.root_pem(), deployment.token())
     try:
-        served = stream.wait_for(
+        served = stream.wait_until(
             lambda m: m.sequence == final, timeout=10, what="the final bundle sequence"
         ).message
     finally:
@@ -337,7 +336,7 @@ def test_sigkill_of_a_replica_under_load_loses_nothing(deployment: Deployment) -
             load = LoadRun(deployment, [one, two], root_pem, LOAD_RATE)
             try:
                 # SIGKILL once replica 1 has served a few, while it is answering one
-                wait_for(
+                wait_until(
                     lambda: (
                         sum(c.served_by == "1" for c in load.calls) >= BEFORE_KILL
                         and load.in_flight("1") > 0
@@ -348,7 +347,7 @@ def test_sigkill_of_a_replica_under_load_loses_nothing(deployment: Deployment) -
                 )
                 killed_at = time.monotonic()
                 one.kill()
-                wait_for(
+                wait_until(
                     lambda: sum(c.started > killed_at for c in load.calls) >= AFTER_KILL,
                     timeout=60,
                     what=f"{AFTER_KILL} calls after the kill",
@@ -398,7 +397,7 @@ def test_sigkill_of_a_replica_under_load_loses_nothing(deployment: Deployment) -
             with deployment.runtime() as runtime:
                 prepared = runtime.prepare_root(from_dir=None, actor="test-admin")
             (new_root,) = [c.authority_id for c in prepared.changes if c.role.value == "root"]
-            wait_for(
+            wait_until(
                 lambda: new_root in {_kid(r) for r in agent.credentials.bundles.all_roots()},
                 timeout=30,
                 what="the agent's bundle stream (now on replica 2) to bring the new root",
@@ -470,7 +469,7 @@ def test_automatic_intermediate_rotation_happens_once_across_replicas(
         return bool(_done(_events(deployment), LifecycleAction.ACTIVATE_INTERMEDIATE))
 
     remaining = (short.not_after - datetime.now(UTC)).total_seconds()
-    wait_for(rotated, timeout=remaining, what="the automatic rotation", interval=0.2)
+    wait_until(rotated, timeout=remaining, what="the automatic rotation", interval=0.2)
     events = _events(deployment)
     prepares = _done(events, LifecycleAction.PREPARE_INTERMEDIATE)
     activations = _done(events, LifecycleAction.ACTIVATE_INTERMEDIATE)
@@ -513,7 +512,7 @@ def test_automatic_intermediate_rotation_happens_once_across_replicas(
                 chain = deployment.create_certificate(channel, "shop", "cart")
                 return _kid(chain[1]) == successor
 
-            wait_for(
+            wait_until(
                 signs_with_successor,
                 timeout=10,
                 what=f"replica {replica.name} to sign with the new intermediate",
@@ -534,7 +533,7 @@ def test_automatic_intermediate_rotation_happens_once_across_replicas(
     assert sum(a for _, a in made) == 1, made
 
     # once the short intermediate has expired, it leaves the trusted set, once
-    wait_for(
+    wait_until(
         lambda: _done(_events(deployment), LifecycleAction.RETIRE_EXPIRED),
         timeout=(short.not_after - datetime.now(UTC)).total_seconds() + 10,
         what="the expired intermediate to be retired",

@@ -42,9 +42,14 @@ def spiffe_id(namespace: str, service_account: str) -> str:
 
 
 def wait_until(
-    condition: Callable[[], T | None], *, timeout: float = 10.0, what: str = "the condition"
+    condition: Callable[[], T | None],
+    *,
+    timeout: float = 10.0,
+    what: str = "the condition",
+    interval: float = 0.02,
 ) -> T:
-    """Poll ``condition`` until it returns something truthy (returned) or fail at the deadline."""
+    """Poll ``condition`` every ``interval`` seconds until it returns something truthy
+    (returned) or fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -52,7 +57,7 @@ def wait_until(
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,7 @@ through /readyz, /metrics and the gRPC health service, and stopped with SIGTERM.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -23,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ca.api import methods
 from ca.core.keys import key_id
-from tests.cli.helpers import MESHCA, Meshca, clean_env
+from tests.cli.helpers import Meshca
 from tests.factories import make_csr
+from tests.meshca_process import MeshcaProcess
 from tests.processes import free_port
 from tests.server.conftest import certificates, spiffe_id, uri_sans, wait_until
 
@@ -32,46 +29,22 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
-class ServeProcess:
-    """A running ``meshca ca serve``; its stderr goes to a file (a pipe could fill and block)."""
+class ServeProcess(MeshcaProcess):
+    """A running ``meshca ca serve`` on an SQLite database in ``workdir``."""
 
     def __init__(self, workdir: Path, *args: str) -> None:
         self.workdir = workdir
         self.port = free_port()
-        self.metrics_port = free_port()
-        self.stderr_path = workdir / f"serve-{self.port}.stderr"
-        self.args = (
+        metrics_port = free_port()
+        args = (
             "--db", f"sqlite:///{workdir / 'meshca.db'}",
             "--kek-file", str(workdir / "meshca.kek"),
             "ca", "serve",
             "--listen", f"127.0.0.1:{self.port}",
-            "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+            "--metrics-listen", f"127.0.0.1:{metrics_port}",
             *args,
         )  # fmt: skip
-        with self.stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [str(MESHCA), *self.args],
-                cwd=workdir,
-                env=clean_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def describe(self) -> str:
-        return f"meshca {' '.join(self.args)} (exit {self.process.poll()})\n{self.stderr}"
-
-    def http(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.metrics_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+        super().__init__(workdir, args, metrics_port=metrics_port, stderr_name=f"serve-{self.port}")
 
     def wait_ready(self) -> None:
         def ready() -> bool:
@@ -84,16 +57,6 @@ class ServeProcess:
 
         wait_until(ready, timeout=READY_TIMEOUT, what="/readyz to answer 200")
 
-    def terminate(self) -> int:
-        """SIGTERM; the exit code (fails the test if it does not exit in time)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            pytest.fail(f"no exit within {STOP_TIMEOUT}s of SIGTERM:\n{self.describe()}")
-
 
 @contextmanager
 def serving(workdir: Path, *args: str) -> Iterator[ServeProcess]:
@@ -101,9 +64,7 @@ def serving(workdir: Path, *args: str) -> Iterator[ServeProcess]:
     try:
         yield server
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        server.ensure_stopped()
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
