@@ -147,8 +147,9 @@ def write_csr(
 
 
 def write_random_kek(path: Path) -> None:
-    """A valid KEK file (base64 of 32 random bytes), as ``ca init`` writes one."""
+    """A valid KEK file (base64 of 32 random bytes, mode 0600), as ``ca init`` writes one."""
     path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    path.chmod(0o600)
 
 
 def pem_certs(text: str) -> list[x509.Certificate]:
