@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from ca.logs import JsonFormatter, TextFormatter, configure_logging, record_fields
+from ca.logs import (
+    JsonFormatter,
+    TextFormatter,
+    capture_warnings,
+    configure_logging,
+    record_fields,
+    release_warnings,
+)
 
 LOGGER = "ca.server.certificate_service"
 CREATED = datetime(2030, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
@@ -220,3 +229,88 @@ def test_configure_logging_replaces_earlier_handlers(capsys: pytest.CaptureFixtu
     (line,) = capsys.readouterr().err.splitlines()
     assert json.loads(line)["message"] == "once"
     assert len(logging.getLogger().handlers) == 1
+
+
+# --- Python warnings into logging -----------------------------------------------------------
+
+
+class ThirdPartyDeprecationWarning(UserWarning):
+    """Like cryptography's CryptographyDeprecationWarning: a deprecation by name only."""
+
+
+@pytest.fixture
+def routed_warnings(restore_root_logger: None) -> Iterator[None]:
+    """Warnings captured as the CLI entry does it (restored afterwards); every warning shown,
+    so each test sees its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        capture_warnings()
+        try:
+            yield
+        finally:
+            release_warnings()
+
+
+@pytest.mark.usefixtures("routed_warnings")
+def test_warnings_before_logging_is_configured_come_out_in_its_final_format(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    warnings.warn("DSA is deprecated", ThirdPartyDeprecationWarning, stacklevel=1)
+    warnings.warn("old API", DeprecationWarning, stacklevel=1)
+    warnings.warn("odd input", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == ""  # held: the process has not chosen its format yet
+
+    configure_logging("debug", "json")
+
+    entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["logger"], e["message"], e["warning_category"]) for e in entries] == [
+        ("debug", "py.warnings", "DSA is deprecated", "ThirdPartyDeprecationWarning"),
+        ("debug", "py.warnings", "old API", "DeprecationWarning"),
+        ("warning", "py.warnings", "odd input", "UserWarning"),
+    ]
+    assert all(e["source"].startswith(f"{__file__}:") for e in entries)
+
+
+@pytest.mark.usefixtures("routed_warnings")
+def test_deprecations_stay_out_of_an_operators_log_and_other_warnings_are_records(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info", "text")
+
+    warnings.warn("DSA is deprecated", ThirdPartyDeprecationWarning, stacklevel=1)
+    warnings.warn("odd input", UserWarning, stacklevel=1)
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert " WARNING py.warnings: odd input warning_category=UserWarning source=" in line
+
+
+@pytest.mark.usefixtures("routed_warnings")
+def test_warnings_are_held_until_released_when_nothing_configures_logging(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logging.basicConfig(level="WARNING", stream=sys.stderr, force=True)
+    warnings.warn("odd input", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == ""
+
+    release_warnings()
+
+    assert capsys.readouterr().err.splitlines() == ["WARNING:py.warnings:odd input"]
+
+
+def test_the_cli_entry_imports_no_library_that_could_warn_before_capturing() -> None:
+    """``meshca`` captures warnings first thing in ``main()``; that only works while importing
+    ``ca.cli.main`` loads no third-party module but click (py-spiffe, for one, warns on import
+    under newer cryptography)."""
+    probe = (
+        "import sys; import ca.cli.main; "
+        "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    third_party = {
+        name
+        for name in loaded
+        if name not in sys.stdlib_module_names and not name.startswith("_") and name != "ca"
+    }
+    assert third_party == {"click"}

@@ -12,10 +12,10 @@ import click
 from ca.cli.output import FORMATS
 from ca.cli.timeparse import parse_time
 from ca.core.durations import parse_duration
-from ca.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from ca.runtime import CaRuntime
+    from ca.settings import Settings
 
 
 @dataclass
@@ -26,6 +26,9 @@ class CliState:
     flags: dict[str, Any] = field(default_factory=dict)
 
     def settings(self, **command_flags: Any) -> Settings:
+        # Imported here: the CLI entry captures warnings before any third-party import.
+        from ca.settings import load_settings  # noqa: PLC0415
+
         return load_settings(self.config_file, **{**self.flags, **command_flags})
 
     def runtime(self, **command_flags: Any) -> CaRuntime:

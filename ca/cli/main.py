@@ -24,6 +24,7 @@ from ca.core.errors import (
     PermissionDenied,
     Unavailable,
 )
+from ca.logs import capture_warnings, release_warnings
 
 EXIT_CODES: dict[type[MeshcaError], int] = {
     ConfigurationError: 3,
@@ -41,6 +42,7 @@ COMMANDS = {
     "agent": "ca.cli.agent_command:agent",
     "audit": "ca.cli.audit_commands:audit",
     "ca": "ca.cli.ca_commands:ca",
+    "cert": "ca.cli.cert_commands:cert",
     "db": "ca.cli.db_commands:db",
     "dev": "ca.cli.dev_commands:dev",
     "root": "ca.cli.root_commands:root",
@@ -84,7 +86,14 @@ def cli(log_level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Python warnings become log records before any command module (and the libraries it uses)
+    is imported; they are logged once logging has its final form (the services switch to their
+    ``--log-format``), or when the command ends. So a library's warning never reaches a
+    terminal or a JSON log as raw text.
+    """
+    capture_warnings()
     try:
         return cli.main(args=argv, prog_name="meshca", standalone_mode=False, obj=CliState())
     except click.exceptions.Abort:
@@ -96,3 +105,5 @@ def main(argv: list[str] | None = None) -> Any:
     except MeshcaError as exc:
         click.echo(f"meshca: error: {exc.message}", err=True)
         sys.exit(EXIT_CODES.get(type(exc), 1))
+    finally:
+        release_warnings()
