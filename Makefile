@@ -29,13 +29,13 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ca sds migrations tests scripts
-	$(BIN)/ruff format --check ca sds migrations tests scripts
+	$(BIN)/ruff check ca sds tests scripts
+	$(BIN)/ruff format --check ca sds tests scripts
 	$(BIN)/mypy ca sds
 
 format: $(STAMP)
-	$(BIN)/ruff format ca sds migrations tests scripts
-	$(BIN)/ruff check --fix ca sds migrations tests scripts
+	$(BIN)/ruff format ca sds tests scripts
+	$(BIN)/ruff check --fix ca sds tests scripts
 
 ## bench: issuance throughput in process and over gRPC with TLS (SQLite and PostgreSQL),
 ## then the agent: start-up, bundle push to 20 Envoys, 10,000 WatchBundle streams, RSS;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from alembic import command
@@ -12,19 +11,18 @@ from sqlalchemy import Engine
 
 from ca.core.errors import ConfigurationError
 
-# migrations/ sits beside the ca/ package in the source tree (it is not a package of the wheel).
-_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The Alembic scripts ship inside this package (package data of the wheel), next to this file.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def migrations_dir() -> Path:
-    """Where the Alembic scripts are: ``MESHCA_MIGRATIONS_DIR`` or the source tree's folder."""
-    path = Path(os.environ.get("MESHCA_MIGRATIONS_DIR", _DEFAULT_DIR))
-    if not (path / "env.py").is_file():
+    """Where the Alembic scripts are: ``ca/storage/migrations/``, beside this module."""
+    if not (MIGRATIONS_DIR / "env.py").is_file():
         raise ConfigurationError(
             "migrations_missing",
-            f"no Alembic migrations at {path}; set MESHCA_MIGRATIONS_DIR to the migrations/ folder",
+            f"no Alembic migrations at {MIGRATIONS_DIR}: the meshca installation is incomplete",
         )
-    return path
+    return MIGRATIONS_DIR
 
 
 def _config(engine: Engine) -> Config:

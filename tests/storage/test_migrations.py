@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from ca.storage.engine import make_engine
 from ca.storage.ledger import Ledger, LedgerQuery
 from ca.storage.models import Base, UtcDateTime
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_TABLES = set(Base.metadata.tables)
 VERSION_TABLE = "alembic_version"
 
@@ -134,10 +137,48 @@ def test_downgrade_to_base_drops_every_table_and_upgrade_again_works(engine: Eng
     assert [r.serial for r in ledger.certs(LedgerQuery())] == ["02" * 16]
 
 
+def test_the_migrations_ship_in_the_package_where_migrate_looks() -> None:
+    """migrate.py runs the scripts beside itself, and pyproject.toml ships every one of them:
+    each folder is a package of the wheel, each file a module or package data (``make
+    check-wheel`` runs them from an installed wheel)."""
+    package_dir = Path(migrate.__file__).resolve().parent
+    assert migrate.migrations_dir() == package_dir / "migrations"
+
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages: list[str] = setuptools["packages"]
+    package_data: dict[str, list[str]] = setuptools["package-data"]
+    files = [
+        path.relative_to(REPO_ROOT)
+        for path in migrate.migrations_dir().rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    ]
+    names = {(REPO_ROOT / file).relative_to(package_dir).as_posix() for file in files}
+    assert {"migrations/env.py", "migrations/script.py.mako"} <= names
+    not_shipped = []
+    for file in files:
+        package = ".".join(file.parent.parts)
+        shipped = package in packages and (
+            file.suffix == ".py"
+            or any(fnmatch(file.name, pattern) for pattern in package_data.get(package, []))
+        )
+        if not shipped:
+            not_shipped.append(file.as_posix())
+    assert not_shipped == []
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrate.migrations_dir()))
+    revisions = {
+        Path(script.path).relative_to(package_dir).as_posix()
+        for script in ScriptDirectory.from_config(cfg).walk_revisions()
+    }
+    assert len(revisions) >= 2
+    assert revisions <= names
+
+
 def test_missing_migrations_directory_is_a_configuration_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MESHCA_MIGRATIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", tmp_path)
     with pytest.raises(ConfigurationError) as info:
         migrate.migrations_dir()
     assert info.value.reason == "migrations_missing"
