@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tests.postgres import fresh_postgres_database
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A freshly created, empty PostgreSQL database, dropped afterwards (skipped only when
-    MESHCA_TEST_POSTGRES_URL is unset)."""
+    MESHCA_TEST_POSTGRES_URL is unset and no server answers on 127.0.0.1:5432)."""
     with fresh_postgres_database() as url:
         yield url
 
@@ -50,25 +49,10 @@ def migrated_engine(engine: Engine) -> Engine:
     return engine
 
 
-FIXTURES_ENV = "MESHCA_TEST_FIXTURES"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+K8S_TOKENS_DIR = Path(__file__).resolve().parent / "fixtures" / "k8s-tokens"
 
 
 @pytest.fixture(scope="session")
 def k8s_tokens_dir() -> Path:
-    """``<fixtures>/k8s-tokens``: tokens a real minikube API server minted.
-
-    The fixtures root is ``$MESHCA_TEST_FIXTURES`` when set (CI sets it), else
-    ``<repo>/../shared/fixtures``. Missing fixtures fail the test rather than skip it.
-    """
-    configured = os.environ.get(FIXTURES_ENV) or None
-    root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "fixtures"
-    tokens = root / "k8s-tokens"
-    if not tokens.is_dir():
-        origin = f"${FIXTURES_ENV}={configured}" if configured else f"{root} (the default)"
-        pytest.fail(
-            f"Kubernetes token fixtures not found: {tokens} does not exist. Set {FIXTURES_ENV} "
-            f"to the fixtures root (the directory holding k8s-tokens/); looked in {origin}.",
-            pytrace=False,
-        )
-    return tokens
+    """``tests/fixtures/k8s-tokens``: tokens a real minikube API server minted (see its README)."""
+    return K8S_TOKENS_DIR

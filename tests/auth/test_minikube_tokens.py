@@ -1,7 +1,7 @@
 """Tokens a real API server minted (minikube, published as test data by the Vault Kubernetes auth
 plugin) against the real verifier, so validation is proven on more than our own tokens.
 
-The fixtures live outside the repository (see ``k8s_tokens_dir`` in conftest.py). The clock is
+The fixtures are in ``tests/fixtures/k8s-tokens/`` (``k8s_tokens_dir`` in conftest.py). The clock is
 fixed at 2026-11-21: ``minikube-projected.jwt`` expires on 2030-11-05 (exp 1920082797), so
 with the real clock this test would start failing then; ``minikube-projected-expired.jwt``
 expired on 2020-10-30.

@@ -1,10 +1,11 @@
 """Issuance throughput of the real server over gRPC with TLS: ``meshca ca serve`` end to end.
 
 Not a timed test: run it (``make bench``) and read the figures. For each database (SQLite in a
-temporary directory; PostgreSQL in a fresh database created and dropped here, from
-MESHCA_TEST_POSTGRES_URL, skipped with a note when unreachable) it starts ``meshca ca serve``
-as a subprocess (``--workers`` processes sharing the port with SO_REUSEPORT), then runs the load
-generator (``loadgen.py``, a separate process, one asyncio event loop) at each concurrency:
+temporary directory; PostgreSQL in a fresh database created and dropped here, on the server of
+MESHCA_TEST_POSTGRES_URL or else 127.0.0.1:5432, skipped with a note when unreachable) it
+starts ``meshca ca serve`` as a subprocess (``--workers`` processes sharing the port with
+SO_REUSEPORT), then runs the load generator (``loadgen.py``, a separate process, one asyncio
+event loop) at each concurrency:
 N callers, each a distinct workload (service account, pod UID) with its own token, each request
 carrying a FRESH CSR for a new P-256 key, over TLS verified against the CA's root bundle.
 
@@ -55,11 +56,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from tests.postgres import postgres_base_url, postgres_unreachable
+
 REPO = Path(__file__).resolve().parents[2]
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 MESHCA = Path(sys.executable).parent / "meshca"  # the console script of this environment
 SERVER_REQUESTER = "meshca-server"
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 90.0
 
@@ -401,19 +403,6 @@ def postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def postgres_unreachable(base_url: str) -> str | None:
-    """Why PostgreSQL at ``base_url`` cannot be used, or ``None``."""
-    engine = create_engine(base_url, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:
-        return str(exc).splitlines()[0]
-    finally:
-        engine.dispose()
-    return None
-
-
 def ledger_counts(db_url: str) -> tuple[int, int]:
     """Issued rows other than the server's own certificates, and refusals."""
     engine = create_engine(db_url)
@@ -504,10 +493,7 @@ def parse_args() -> argparse.Namespace:
         "(latency then counts from the scheduled time)",
     )
     parser.add_argument("--openssl-seconds", type=int, default=2)
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("MESHCA_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-    )
+    parser.add_argument("--postgres-url", default=postgres_base_url())
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]

@@ -1,9 +1,9 @@
 """Issuance throughput, in process: CSR policy + sign + validate + ledger write.
 
 Not a timed test: run it (``make bench``) and read the figures. It prints certificates per second
-on SQLite (and on PostgreSQL when MESHCA_TEST_POSTGRES_URL is set) next to ``openssl speed
-ecdsap256`` sign/s measured in the same run on the same core, and the ratio between them, since
-absolute figures on shared machines drift.
+on SQLite (and on PostgreSQL: MESHCA_TEST_POSTGRES_URL, else 127.0.0.1:5432, when it answers)
+next to ``openssl speed ecdsap256`` sign/s measured in the same run on the same core, and the
+ratio between them, since absolute figures on shared machines drift.
 
 Every certificate counted was returned only after the transaction holding its ledger row
 committed; at the end the ledger's row count is checked against the certificates received.
@@ -44,6 +44,7 @@ from ca.runtime import CaRuntime
 from ca.settings import Settings
 from ca.storage import migrate
 from tests.factories import make_csr
+from tests.postgres import postgres_base_url, postgres_unreachable
 
 TRUST_DOMAIN = parse_trust_domain("cluster.local")
 _DAY = timedelta(days=1)
@@ -190,7 +191,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="requests per ledger transaction")
     parser.add_argument("--core", type=int, default=0, help="CPU core to pin to (-1: no pinning)")
     parser.add_argument("--openssl-seconds", type=int, default=3)
-    parser.add_argument("--postgres-url", default=os.environ.get("MESHCA_TEST_POSTGRES_URL"))
+    parser.add_argument("--postgres-url", default=postgres_base_url())
     args = parser.parse_args()
 
     if args.core >= 0:
@@ -230,7 +231,8 @@ def main() -> None:
             1,
             run_sequential,
         )
-        if args.postgres_url:
+        unreachable = postgres_unreachable(args.postgres_url)
+        if unreachable is None:
             print("PostgreSQL:")
             with postgres_database(args.postgres_url) as pg_url:
                 rates["postgres group commit, pipelined"] = measure(
@@ -251,7 +253,10 @@ def main() -> None:
                     run_sequential,
                 )
         else:
-            print("PostgreSQL: skipped (set MESHCA_TEST_POSTGRES_URL)")
+            print(
+                f"PostgreSQL: skipped, {unreachable} (run `make postgres`, or set "
+                "MESHCA_TEST_POSTGRES_URL)"
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

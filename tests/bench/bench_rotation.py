@@ -21,7 +21,6 @@ threads on loopback TLS ports, real WatchBundle streams, real agents, real Postg
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from ca.storage import ledger as ledger_module
 from ca.storage.engine import make_engine
 from ca.storage.ledger import Ledger
 from tests.agent.harness import RunningAgent, agent_settings, write_token
+from tests.postgres import postgres_base_url
 from tests.server.harness import (
     RunningCa,
     TokenMinter,
@@ -55,8 +55,6 @@ from tests.server.harness import (
     running_ca,
     serving_settings,
 )
-
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -69,10 +67,6 @@ def summary_ms(values: list[float]) -> str:
         f"p50 {percentile(values, 0.5) * 1000:7.1f} ms  p99 {percentile(values, 0.99) * 1000:7.1f}"
         f" ms  max {max(values) * 1000:7.1f} ms  (n={len(values)})"
     )
-
-
-def postgres_url() -> str:
-    return os.environ.get("MESHCA_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
 
 
 class BundleReader:
@@ -113,7 +107,7 @@ def bench_replica_push(rounds: int, streams: int, *, notify: bool) -> list[float
     latencies: list[float] = []
     minter = TokenMinter()
     with (
-        postgres_database(postgres_url()) as url,
+        postgres_database(postgres_base_url()) as url,
         tempfile.TemporaryDirectory() as tmp,
         ExitStack() as stack,
     ):
@@ -297,7 +291,7 @@ def main() -> None:
             f"   SQLite      {checked * 1e3:6.3f} ms vs {unchecked * 1e3:6.3f} ms  "
             f"ratio {checked / unchecked:.3f}"
         )
-    with postgres_database(postgres_url()) as url:
+    with postgres_database(postgres_base_url()) as url:
         checked, unchecked = bench_ledger_record(url, count)
         print(
             f"   PostgreSQL  {checked * 1e3:6.3f} ms vs {unchecked * 1e3:6.3f} ms  "
