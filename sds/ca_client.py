@@ -71,7 +71,11 @@ def error_from_rpc(error: grpc.RpcError, address: str) -> MeshcaError:
 
 
 class CaClient:
-    """Calls the CA at ``addresses`` (token) or ``mtls_addresses`` (client certificate)."""
+    """Calls the CA at ``addresses`` (token) or ``mtls_addresses`` (client certificate).
+
+    ``plaintext`` is for a CA serving ``--plaintext`` (loopback development, tests): no TLS, so
+    the CA is not authenticated; it rules out mTLS addresses.
+    """
 
     def __init__(
         self,
@@ -81,14 +85,18 @@ class CaClient:
         *,
         server_name: str | None = None,
         timeout: timedelta = timedelta(seconds=10),
+        plaintext: bool = False,
     ) -> None:
         if not addresses:
             raise ValueError("at least one CA address is required")
+        if plaintext and mtls_addresses:
+            raise ValueError("renewal by mTLS needs TLS")
         self._addresses = list(addresses)
         self._mtls_addresses = list(mtls_addresses)
         self._trusted_roots = trusted_roots
         self._server_name = server_name
         self._timeout = timeout.total_seconds()
+        self._plaintext = plaintext
         self._preferred = {"token": 0, "mtls": 0}
 
     @property
@@ -104,7 +112,8 @@ class CaClient:
         )
         kind = "mtls" if identity.svid is not None else "token"
         last: MeshcaError | None = None
-        for address in self._rotation(kind):
+        addresses = self._rotation(kind)
+        for index, address in enumerate(addresses, start=1):
             async with self._channel(address, identity) as channel:
                 try:
                     response = await methods.create_certificate_aio(channel)(
@@ -113,6 +122,8 @@ class CaClient:
                 except grpc.aio.AioRpcError as error:
                     last = error_from_rpc(error, address)
                     if isinstance(last, _FAILOVER):
+                        if index == len(addresses):
+                            break  # no next address: the caller reports the error
                         log.warning(
                             "CA call failed; trying the next address",
                             extra={"address": address, "reason": last.reason},
@@ -161,6 +172,8 @@ class CaClient:
     def _channel(self, address: str, identity: ClientIdentity) -> grpc.aio.Channel:
         """A fresh TLS channel, verified against the roots trusted now. Fresh per call: a CA
         that went away and came back is reached at once, not after a reconnect backoff."""
+        if self._plaintext:
+            return grpc.aio.insecure_channel(address, options=list(_CHANNEL_OPTIONS))
         svid = identity.svid
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self._trusted_roots(),

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from spiffe import SpiffeId, TrustDomain
 
-from ca.core.errors import InvalidRequest, MeshcaError, Unauthenticated
+from ca.core.errors import MeshcaError, Unauthenticated
 from ca.core.keys import KeyType
 from sds.ca_client import CaClient, ClientIdentity
-from sds.core.credentials import Bundles, Svid, WorkloadKey, chains_to, parse_pem_chain, split_root
+from sds.core.credentials import Bundles, Svid, WorkloadKey, svid_from_reply
 from sds.core.reissue import Reissue, Urgency, reissue_deadline, reissue_needed
 from sds.core.renewal import Backoff, RenewalPolicy
 from sds.core.workload_csr import build_csr, generate_workload_key, spiffe_id_for_token
@@ -262,13 +262,7 @@ class SvidManager:
 
     def _checked(self, pems: list[str], spiffe_id: SpiffeId, key: WorkloadKey) -> Svid:
         """The CA's answer as an :class:`Svid`, refused unless it is ours and chains to trust."""
-        roots = self._store.current.bundles.all_roots()
-        chain = split_root(parse_pem_chain(pems), roots)
-        if not chains_to(chain, roots):
-            raise InvalidRequest(
-                "untrusted_chain", "the CA returned a certificate that does not chain to the bundle"
-            )
-        return Svid(spiffe_id, chain, key)
+        return svid_from_reply(pems, spiffe_id, key, self._store.current.bundles.all_roots())
 
     def _on_failure(self, error: MeshcaError) -> None:
         self.last_error = error

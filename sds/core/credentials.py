@@ -138,6 +138,22 @@ class Credentials:
     generation: int = 0
 
 
+def svid_from_reply(
+    pems: Sequence[str | bytes],
+    spiffe_id: SpiffeId,
+    key: WorkloadKey,
+    roots: Sequence[x509.Certificate],
+) -> Svid:
+    """The CA's answer to our CSR as an :class:`Svid` (the chain without its root), refused
+    unless it chains to one of ``roots``, certifies ``key`` and names ``spiffe_id``."""
+    chain = split_root(parse_pem_chain(pems), roots)
+    if not chains_to(chain, roots):
+        raise InvalidRequest(
+            "untrusted_chain", "the CA returned a certificate that does not chain to the bundle"
+        )
+    return Svid(spiffe_id, chain, key)
+
+
 def uri_sans(cert: x509.Certificate) -> list[str]:
     """The URI SANs of ``cert`` (none when it has no SAN extension)."""
     try:
