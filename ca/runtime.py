@@ -26,6 +26,7 @@ from ca.settings import Settings
 from ca.storage.authority_store import AuthorityStore, CaIdentity, NewAuthority, StepOutcome
 from ca.storage.engine import make_engine
 from ca.storage.ledger import Ledger
+from ca.storage.server_settings import ServerSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,10 @@ class CaRuntime:
     @cached_property
     def ledger(self) -> Ledger:
         return Ledger(self.engine)
+
+    @cached_property
+    def server_settings(self) -> ServerSettings:
+        return ServerSettings(self.engine)
 
     def kek(self) -> KeyEncryptionKey:
         return read_kek(self.settings.kek_file)

@@ -110,10 +110,9 @@ def activate(state: CliState, authority_id: str | None) -> None:
         click.echo("nothing to do: that authority already signs")
         return
     _report(outcome)
-    window = format_duration(runtime.settings.reissue_window)
     click.echo(
-        f"next: agents re-issue within the reissue window ({window}); watch `meshca root "
-        "status` until the old authority's IN_USE is 0, then `meshca root retire`"
+        f"next: agents re-issue within the reissue window, {_reissue_window(runtime)}; watch "
+        "`meshca root status` until the old authority's IN_USE is 0, then `meshca root retire`"
     )
 
 
@@ -242,3 +241,18 @@ def _report(outcome: StepOutcome | None) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _reissue_window(runtime: CaRuntime) -> str:
+    """The reissue window the servers send agents, as the last one started recorded it in the
+    database; this command's own setting only when no server has."""
+    reported = runtime.server_settings.reissue_window()
+    if reported is None:
+        return (
+            f"{format_duration(runtime.settings.reissue_window)} (no `meshca ca serve` has "
+            "recorded the window it uses: this is the reissue_window setting here)"
+        )
+    return (
+        f"{format_duration(reported.window)} (what `meshca ca serve` uses, from the database: "
+        f"{reported.reported_by} started with it at {iso(reported.reported_at)})"
+    )

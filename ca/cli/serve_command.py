@@ -17,8 +17,10 @@ from ca.cli.common import (
     service_log_level,
 )
 from ca.core.keys import CA_KEY_TYPES
+from ca.issuance import utc_now
 from ca.logs import configure_logging
 from ca.server.process import serve as run_server
+from ca.server.rotation_loop import server_actor
 from ca.storage import migrate
 from ca.storage.replica_lock import serve_lock, setup_lock
 
@@ -116,6 +118,10 @@ def serve(state: CliState, /, **options: Any) -> None:
     with setup_lock(runtime.engine):
         migrate.upgrade(runtime.engine)
         runtime.initialise(from_dir=None, exist_ok=True, actor=SERVER_ACTOR)
+    # What the servers send agents, for `root activate` to report (the last server started wins).
+    runtime.server_settings.record_reissue_window(
+        settings.reissue_window, by=server_actor(), now=utc_now()
+    )
     runtime.engine.dispose()
     try:
         run_server(settings, verifier_factory)

@@ -70,6 +70,19 @@ class CaState(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class ServerSetting(Base):
+    """A setting as the serving processes use it, recorded by each ``meshca ca serve`` when it
+    starts (the last one wins), so the admin CLI reports what the servers do, not its own
+    default: the reissue window (``value`` in seconds)."""
+
+    __tablename__ = "server_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    reported_by: Mapped[str] = mapped_column(String(255))
+    reported_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class Authority(Base):
     """A CA certificate meshca trusts or signs with, and its encrypted private key if held."""
 

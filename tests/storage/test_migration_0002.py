@@ -185,7 +185,7 @@ def test_upgrading_a_0001_ca_keeps_its_signer_and_bundle(
         assert migrate.current_revision(engine) == "0001"
         assert "activated_at" not in columns(engine, "authorities")
 
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0002")
 
         assert migrate.current_revision(engine) == "0002"
         store = AuthorityStore(engine)
@@ -264,7 +264,7 @@ def test_downgrade_to_0001_and_upgrade_again_keeps_signer_and_bundle(
         assert {r.id: (r.role, r.state, r.parent_id) for r in rows} == authorities
         assert sequence == 3
 
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0002")
 
         assert migrate.current_revision(engine) == "0002"
         again = store.signing_authority(runtime.kek())
