@@ -64,6 +64,17 @@ class CaRuntime:
     def kek(self) -> KeyEncryptionKey:
         return read_kek(self.settings.kek_file)
 
+    def active_certificates(self, now: datetime) -> dict[str, int]:
+        """Each authority's active certificates, as ``ca status`` and ``root status`` both show
+        them: unexpired certificates issued by it or by an authority below it (a root counts
+        its intermediates' certificates, like ``IN_USE`` and ``root retire``)."""
+        lifecycle = self.authorities.lifecycle()
+        by_issuer = self.ledger.active_counts_by_issuer(now)
+        return {
+            view.id: sum(by_issuer.get(member.id, 0) for member in lifecycle.family(view))
+            for view in lifecycle.authorities
+        }
+
     def ttl_policy(self) -> TtlPolicy:
         return TtlPolicy(default=self.settings.default_ttl, maximum=self.settings.max_ttl)
 

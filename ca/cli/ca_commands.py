@@ -88,7 +88,7 @@ def status(state: CliState, fmt: str) -> None:
     runtime = state.runtime()
     identity = runtime.authorities.require_identity()
     now = datetime.now(UTC)
-    counts = runtime.ledger.active_counts_by_issuer(now)
+    counts = runtime.active_certificates(now)
     authorities: list[dict[str, Any]] = [
         {
             "id": a.id,

@@ -185,7 +185,7 @@ def status_summary(runtime: CaRuntime, now: datetime) -> dict[str, Any]:
     trust_bundle = store.bundle()
     lifecycle = store.lifecycle()
     views = {v.id: v for v in lifecycle.authorities}
-    active = runtime.ledger.active_counts_by_issuer(now)
+    active = runtime.active_certificates(now)
     rows: list[dict[str, Any]] = []
     for info in store.authorities():
         family = [a.id for a in lifecycle.family(views[info.id])]
@@ -202,7 +202,7 @@ def status_summary(runtime: CaRuntime, now: datetime) -> dict[str, Any]:
                 "fingerprint_sha256": info.fingerprint_sha256,
                 "not_before": iso(info.not_before),
                 "not_after": iso(info.not_after),
-                "active_certs": sum(active.get(i, 0) for i in family),
+                "active_certs": active.get(info.id, 0),
                 "in_use": runtime.ledger.in_use_count(family, now),
                 "activated_at": iso(info.activated_at) if info.activated_at else None,
                 "created_by": info.created_by,
