@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ca.core.lifecycle import LifecycleAction
+from ca.server.status import STATUS_CODES
+
 CSR_REQUESTS = Counter(
     "meshca_csr_requests",
     "CreateCertificate requests by result (issued, or the gRPC status of the refusal)",
@@ -85,3 +88,29 @@ CA_RELOADS = Counter(
     "Times this server reloaded the CA after a change, by how it learned of it",
     ["trigger"],
 )
+
+#: How a server learns of a CA change (``CA_RELOADS``'s ``trigger``).
+RELOAD_TRIGGERS = ("notify", "poll", "rotation")
+#: The automatic intermediate rotation's steps (``INTERMEDIATE_ROTATIONS``'s ``action``).
+INTERMEDIATE_ROTATION_ACTIONS = (
+    LifecycleAction.PREPARE_INTERMEDIATE,
+    LifecycleAction.ACTIVATE_INTERMEDIATE,
+    LifecycleAction.RETIRE_EXPIRED,
+)
+
+
+def _zero_known_label_values() -> None:
+    """Export every label value known in advance as 0 from the start. With ``--workers N`` a
+    labelled metric is exported only once one of its children exists, so without this a fresh
+    server would not show ``meshca_ca_reloads_total`` (say) until its first reload. Refusal
+    reasons are open-ended: ``meshca_refusals_total`` and ``meshca_auth_failures_total`` appear
+    with the first refusal."""
+    for result in ("issued", *sorted({code.name for code in STATUS_CODES.values()})):
+        CSR_REQUESTS.labels(result)
+    for trigger in RELOAD_TRIGGERS:
+        CA_RELOADS.labels(trigger)
+    for action in INTERMEDIATE_ROTATION_ACTIONS:
+        INTERMEDIATE_ROTATIONS.labels(action.value)
+
+
+_zero_known_label_values()
