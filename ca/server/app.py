@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -30,6 +30,7 @@ from ca.server.bundle_service import BundleService
 from ca.server.callers import Admission, CallerAuthenticator
 from ca.server.certificate_service import CertificateService
 from ca.server.issuance_queue import IssuanceQueue
+from ca.server.ports import bind_failure
 from ca.server.rotation_loop import RotationLoop
 from ca.server.server_tls import ServerCertificate
 from ca.settings import Settings
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 OFF = "off"
 _SERVER_OPTIONS = [
-    ("grpc.so_reuseport", 1),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -56,9 +56,17 @@ class CaServer:
     """Serves CreateCertificate and WatchBundle until stopped."""
 
     def __init__(
-        self, settings: Settings, verifiers: VerifierFactory, *, clock: Clock = utc_now
+        self,
+        settings: Settings,
+        verifiers: VerifierFactory,
+        *,
+        clock: Clock = utc_now,
+        share_ports: bool = False,
     ) -> None:
+        """``share_ports``: bind with SO_REUSEPORT, for the workers of one supervisor (which
+        claimed the addresses, ``ca.server.ports``); else the kernel refuses any sharing."""
         self.settings = settings
+        self._share_ports = share_ports
         self.runtime = CaRuntime(settings)
         self._verifiers = verifiers
         self._clock = clock
@@ -102,7 +110,9 @@ class CaServer:
                 global_burst=settings.rate_limit_global_burst,
             ),
         )
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", int(self._share_ports)), *_SERVER_OPTIONS]
+        )
         server.add_generic_rpc_handlers(
             (
                 _certificate_handler(
@@ -166,19 +176,23 @@ class CaServer:
                 "serving WITHOUT TLS (--plaintext): tokens and certificates cross the network "
                 "in the clear; use this on loopback for development and tests only"
             )
-            self.port = server.add_insecure_port(settings.listen)
+            self.port = _add_port("--listen", settings.listen, server.add_insecure_port)
             return
         certificate = ServerCertificate(
             watch, settings.server_dns_names, settings.server_cert_ttl, self._clock
         )
         await certificate.issue()
         self._tasks.append(self._spawn(certificate.run(), "server certificate renewal"))
-        self.port = server.add_secure_port(
-            settings.listen, certificate.credentials(require_client_certificate=False)
+        token_credentials = certificate.credentials(require_client_certificate=False)
+        self.port = _add_port(
+            "--listen", settings.listen, lambda a: server.add_secure_port(a, token_credentials)
         )
         if settings.mtls_listen != OFF:
-            self.mtls_port = server.add_secure_port(
-                settings.mtls_listen, certificate.credentials(require_client_certificate=True)
+            mtls_credentials = certificate.credentials(require_client_certificate=True)
+            self.mtls_port = _add_port(
+                "--mtls-listen",
+                settings.mtls_listen,
+                lambda a: server.add_secure_port(a, mtls_credentials),
             )
 
     async def _watch_loop(self, watch: AuthorityWatch) -> None:
@@ -203,6 +217,14 @@ class CaServer:
         task = asyncio.create_task(work, name=name)
         task.add_done_callback(_report_crash)
         return task
+
+
+def _add_port(flag: str, address: str, add: Callable[[str], int]) -> int:
+    """gRPC's bind failure (a bare RuntimeError) as a ConfigurationError naming the address."""
+    try:
+        return add(address)
+    except RuntimeError as exc:
+        raise bind_failure(flag, address, str(exc)) from None
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -9,18 +9,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ca.server.ports import bind_failure, join_address
+
+#: The setting that names this server's address, in its error messages (CA and agent).
+METRICS_FLAG = "--metrics-listen"
+
 #: Says whether the server is ready, and why not.
 Readiness = Callable[[], tuple[bool, str]]
 
 
 class OpsServer:
-    """A small threaded HTTP server; its handlers only read state."""
+    """A small threaded HTTP server; its handlers only read state. Binding it raises
+    :class:`ConfigurationError` when the address is taken (by whom, when /proc can tell)."""
 
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry, readiness: Readiness
     ) -> None:
         handler = _handler(registry, readiness)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            address = join_address(host, port)
+            raise bind_failure(METRICS_FLAG, address, exc.strerror or str(exc)) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="meshca-ops", daemon=True

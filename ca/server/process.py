@@ -1,5 +1,6 @@
 """Running ``meshca ca serve``: one serving process, or a supervisor with N worker processes
-sharing the gRPC ports (SO_REUSEPORT) so every core serves.
+sharing the gRPC ports (SO_REUSEPORT) so every core serves. Either claims its addresses first
+(``ca.server.ports``), so no other process shares them.
 
 The supervisor owns the metrics port: it serves the workers' metrics summed (prometheus-client's
 multiprocess mode), ``/readyz`` when every worker is ready, and restarts a worker that dies.
@@ -29,7 +30,8 @@ from ca.core.errors import ConfigurationError
 from ca.core.identity import parse_trust_domain
 from ca.logs import configure_logging
 from ca.server.app import OFF, CaServer
-from ca.server.ops_http import OpsServer
+from ca.server.ops_http import METRICS_FLAG, OpsServer
+from ca.server.ports import AddressClaim, join_address, split_address
 from ca.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,22 +40,33 @@ _GRACE_SECONDS = 5.0
 _RESTART_BACKOFF_SECONDS = 1.0
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 hosts in brackets) as a pair."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"address {address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 def serve(settings: Settings, verifiers: Callable[[Settings], VerifierFactory]) -> None:
-    """Serve until SIGTERM or SIGINT; with several workers, supervise them."""
+    """Serve until SIGTERM or SIGINT; with several workers, supervise them. Either way the
+    addresses are claimed first: only this server's own workers may share its ports."""
     workers = settings.workers or os.cpu_count() or 1
     if workers == 1:
-        asyncio.run(_serve_one(settings, verifiers(settings), ops=True, ready_flag=None))
+        with AddressClaim(_claimed_addresses(settings)):
+            asyncio.run(
+                _serve_one(settings, verifiers(settings), ops=True, share_ports=False, ready=None)
+            )
     else:
-        asyncio.run(_preflight(settings, verifiers(settings)))
-        Supervisor(settings, workers, verifiers).run()
+        settings = _fixed_ports(settings)
+        with AddressClaim(_claimed_addresses(settings)):
+            asyncio.run(_preflight(settings, verifiers(settings)))
+            Supervisor(settings, workers, verifiers).run()
+
+
+def _claimed_addresses(settings: Settings) -> dict[str, str]:
+    """What this server will bind, by flag: not ``off``, nor an ephemeral port (``:0``, free
+    by definition), nor the mTLS port of a ``--plaintext`` server (it binds none)."""
+    addresses = {"--listen": settings.listen, METRICS_FLAG: settings.metrics_listen}
+    if not settings.plaintext:
+        addresses["--mtls-listen"] = settings.mtls_listen
+    return {
+        flag: address
+        for flag, address in addresses.items()
+        if address != OFF and split_address(address, flag)[1] != 0
+    }
 
 
 async def _preflight(settings: Settings, verifiers: VerifierFactory) -> None:
@@ -71,9 +84,10 @@ async def _serve_one(
     verifiers: VerifierFactory,
     *,
     ops: bool,
-    ready_flag: Synchronized[int] | None,
+    share_ports: bool,
+    ready: Synchronized[int] | None,
 ) -> None:
-    server = CaServer(settings, verifiers)
+    server = CaServer(settings, verifiers, share_ports=share_ports)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -81,11 +95,11 @@ async def _serve_one(
     await server.start()
     ops_server = None
     if ops and settings.metrics_listen != OFF:
-        host, port = split_address(settings.metrics_listen)
+        host, port = split_address(settings.metrics_listen, METRICS_FLAG)
         ops_server = OpsServer(host, port, REGISTRY, server.readiness)
         ops_server.start()
         log.info("operational endpoints", extra={"metrics_port": ops_server.port})
-    reporter = asyncio.create_task(_report_readiness(server, ready_flag))
+    reporter = asyncio.create_task(_report_to_supervisor(server, ready, stop))
     try:
         await stop.wait()
         log.info("stopping: refusing new calls, finishing calls in flight")
@@ -96,11 +110,20 @@ async def _serve_one(
         await server.stop(_GRACE_SECONDS)
 
 
-async def _report_readiness(server: CaServer, flag: Synchronized[int] | None) -> None:
+async def _report_to_supervisor(
+    server: CaServer, flag: Synchronized[int] | None, stop: asyncio.Event
+) -> None:
+    """A worker reports its readiness, and stops when its supervisor is gone (SIGKILL, OOM):
+    an orphan would hold the port for no server, and a restarted one would find it taken."""
     if flag is None:
         return
+    supervisor = multiprocessing.parent_process()
     while True:
         flag.value = int(server.readiness()[0])
+        if supervisor is not None and os.getppid() != supervisor.pid:
+            log.error("the supervisor (pid %s) is gone; stopping", supervisor.pid)
+            stop.set()
+            return
         await asyncio.sleep(0.5)
 
 
@@ -112,7 +135,9 @@ def _worker_main(
 ) -> None:
     settings = Settings(**settings_data)
     configure_logging(log_level, settings.log_format)
-    asyncio.run(_serve_one(settings, verifiers(settings), ops=False, ready_flag=ready_flag))
+    asyncio.run(
+        _serve_one(settings, verifiers(settings), ops=False, share_ports=True, ready=ready_flag)
+    )
 
 
 class Supervisor:
@@ -121,7 +146,7 @@ class Supervisor:
     def __init__(
         self, settings: Settings, count: int, verifiers: Callable[[Settings], VerifierFactory]
     ) -> None:
-        self.settings = _fixed_ports(settings)
+        self.settings = settings
         self.count = count
         self._verifiers = verifiers
         self._context = multiprocessing.get_context("spawn")
@@ -168,7 +193,7 @@ class Supervisor:
             return None
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
-        host, port = split_address(self.settings.metrics_listen)
+        host, port = split_address(self.settings.metrics_listen, METRICS_FLAG)
         ops_server = OpsServer(host, port, registry, self.readiness)
         ops_server.start()
         return ops_server
@@ -230,9 +255,9 @@ def _fixed_ports(settings: Settings) -> Settings:
         address = getattr(settings, field)
         if address == OFF:
             continue
-        host, port = split_address(address)
+        host, port = split_address(address, "--" + field.replace("_", "-"))
         if port == 0:
-            updates[field] = f"{host}:{_free_port(host)}"
+            updates[field] = join_address(host, _free_port(host))
     return settings.model_copy(update=updates)
 
 
