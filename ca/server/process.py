@@ -32,6 +32,7 @@ from ca.logs import configure_logging
 from ca.server.app import OFF, CaServer
 from ca.server.ops_http import METRICS_FLAG, OpsServer
 from ca.server.ports import AddressClaim, join_address, split_address
+from ca.server.worker_entry import reference, run_worker
 from ca.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,13 @@ async def _report_to_supervisor(
         await asyncio.sleep(0.5)
 
 
-def _worker_main(
+def worker_main(
     settings_data: dict[str, Any],
     verifiers: Callable[[Settings], VerifierFactory],
     ready_flag: Synchronized[int],
     log_level: str,
 ) -> None:
+    """One worker: log like the supervisor (warnings held until now come out here), serve."""
     settings = Settings(**settings_data)
     configure_logging(log_level, settings.log_format)
     asyncio.run(
@@ -201,10 +203,10 @@ class Supervisor:
     def _start(self, index: int) -> None:
         self._flags[index].value = 0
         process = self._context.Process(
-            target=_worker_main,
+            target=run_worker,
             args=(
                 self.settings.model_dump(mode="json"),
-                self._verifiers,
+                reference(self._verifiers),
                 self._flags[index],
                 logging.getLevelName(logging.getLogger().level),
             ),
