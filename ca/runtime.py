@@ -40,14 +40,19 @@ class InitOutcome:
 
 
 class CaRuntime:
-    """The CA's parts for one process, built lazily from ``settings``."""
+    """The CA's parts for one process, built lazily from ``settings``.
 
-    def __init__(self, settings: Settings) -> None:
+    Without ``create_database``, a missing SQLite file is not created (the commands that only
+    read, or need an initialised CA, say it is not initialised instead).
+    """
+
+    def __init__(self, settings: Settings, *, create_database: bool = True) -> None:
         self.settings = settings
+        self.create_database = create_database
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.db_url)
+        return make_engine(self.settings.db_url, create=self.create_database)
 
     @cached_property
     def authorities(self) -> AuthorityStore:

@@ -3,6 +3,7 @@ environment variables, an optional TOML config file, and defaults."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -24,6 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ca.core.addresses import split_host_port
 from ca.core.csr_policy import DEFAULT_TTL, MAX_TTL
 from ca.core.durations import format_duration, parse_duration
 from ca.core.errors import ConfigurationError, InvalidRequest
@@ -34,6 +36,12 @@ from ca.core.lifecycle import IntermediatePolicy
 
 #: The embedded default database: a SQLite file in the working directory.
 DEFAULT_DB_URL = "sqlite:///./meshca.db"
+
+#: The value that turns an optional listener off.
+OFF = "off"
+
+#: Database backends meshca runs on (SQLAlchemy URL scheme before any ``+driver``).
+DB_BACKENDS = ("sqlite", "postgresql")
 
 
 def _duration(value: Any) -> Any:
@@ -60,6 +68,48 @@ def _trust_domain_name(value: str) -> str:
 
 # A trust domain name, normalised (``spiffe://cluster.local`` is accepted as ``cluster.local``).
 TrustDomainName = Annotated[str, AfterValidator(_trust_domain_name)]
+
+
+def listen_address(value: str) -> str:
+    """A ``HOST:PORT`` to listen on (port 0: any free port)."""
+    split_host_port(value, what="address", listen=True)
+    return value
+
+
+def optional_listen_address(value: str) -> str:
+    """A ``HOST:PORT`` to listen on, or ``off``."""
+    return value if value == OFF else listen_address(value)
+
+
+def database_url(value: str) -> str:
+    """A SQLAlchemy URL of a backend meshca runs on; the message never shows a password."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - the agent's settings skip SQLAlchemy
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            f"{_redacted(value)!r} is not a database URL; use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST:PORT/DATABASE"
+        ) from None
+    backend = url.drivername.partition("+")[0]
+    if backend not in DB_BACKENDS:
+        raise ValueError(
+            f"{url.render_as_string(hide_password=True)}: unsupported database {backend!r}; "
+            "meshca runs on sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
+        )
+    return value
+
+
+def _redacted(text: str) -> str:
+    """``text`` with anything that could be credentials (``user:password@``) masked."""
+    return re.sub(r"(?<=://)[^/@]*@", "***@", text)
+
+
+ListenAddress = Annotated[str, AfterValidator(listen_address)]
+OptionalListenAddress = Annotated[str, AfterValidator(optional_listen_address)]
+DatabaseUrl = Annotated[str, AfterValidator(database_url)]
 
 # A list given as "a,b,c" in the environment (or as a TOML array, or repeated flags).
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
@@ -105,7 +155,7 @@ class Settings(TomlSettings):
 
     model_config = SettingsConfigDict(env_prefix="MESHCA_", extra="forbid", frozen=True)
 
-    db_url: str = Field(DEFAULT_DB_URL, description="SQLAlchemy database URL")
+    db_url: DatabaseUrl = Field(DEFAULT_DB_URL, description="SQLAlchemy database URL")
     kek_file: Path = Field(Path("meshca.kek"), description="key-encryption key file (0600)")
     trust_domain: TrustDomainName = Field("cluster.local", description="SPIFFE trust domain")
     key_type: KeyType = Field(KeyType.EC_P256, description="CA key type for `ca init`")
@@ -118,12 +168,14 @@ class Settings(TomlSettings):
     backdate: Duration = Field(DEFAULT_BACKDATE, description="NotBefore backdating for clock skew")
 
     # --- serving (`meshca ca serve`) ---
-    listen: str = Field("0.0.0.0:15012", description="gRPC address (token-authenticated, TLS)")
-    mtls_listen: str = Field(
+    listen: ListenAddress = Field(
+        "0.0.0.0:15012", description="gRPC address (token-authenticated, TLS)"
+    )
+    mtls_listen: OptionalListenAddress = Field(
         "0.0.0.0:15013",
         description="gRPC address for renewal by client certificate (mTLS); 'off' disables it",
     )
-    metrics_listen: str = Field(
+    metrics_listen: OptionalListenAddress = Field(
         "127.0.0.1:15014", description="HTTP address of /metrics, /healthz, /readyz; 'off'"
     )
     workers: int | None = Field(
@@ -253,6 +305,8 @@ def load_into(settings_cls: type[S], config_file: Path | None = None, **flags: A
 def _summary(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         )
     return str(exc)

@@ -10,8 +10,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from ca.core.addresses import split_host_port
 from ca.core.keys import KeyType
-from ca.settings import CommaList, Duration, TomlSettings, TrustDomainName
+from ca.settings import CommaList, Duration, OptionalListenAddress, TomlSettings, TrustDomainName
 from sds.core.workload_csr import WORKLOAD_KEY_TYPES
 
 #: Longest unix socket path Linux accepts (``sun_path`` is 108 bytes with the final NUL).
@@ -49,7 +50,7 @@ class AgentSettings(TomlSettings):
         0.05, ge=0.0, lt=0.5, description="renewal point moved by up to this fraction either way"
     )
     ca_timeout: Duration = Field(timedelta(seconds=10), description="deadline of a CA call")
-    metrics_listen: str = Field(
+    metrics_listen: OptionalListenAddress = Field(
         "127.0.0.1:15020", description="HTTP address of /metrics, /healthz, /readyz; 'off'"
     )
     log_format: Literal["text", "json"] = Field("text", description="log line format")
@@ -62,6 +63,14 @@ class AgentSettings(TomlSettings):
                 f"{value} is not a workload key type; choose "
                 + ", ".join(k.value for k in WORKLOAD_KEY_TYPES)
             )
+        return value
+
+    @field_validator("ca_address", "ca_mtls_address")
+    @classmethod
+    def _host_and_port(cls, value: list[str]) -> list[str]:
+        """Every CA address names its port: gRPC would otherwise dial 443 without a word."""
+        for address in value:
+            split_host_port(address, what="CA address")
         return value
 
     @field_validator("sds_socket", "workload_api_socket")

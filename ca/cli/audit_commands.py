@@ -18,6 +18,7 @@ from ca.cli.common import DURATION, TIME, CliState, MeshcaGroup, format_option, 
 from ca.cli.output import as_dicts, iso, render
 from ca.core.lifecycle import LifecycleAction
 from ca.core.records import CaEventRecord, DeniedRecord, IssuedRecord
+from ca.core.serials import parse_serial
 from ca.storage.authority_store import EventQuery
 from ca.storage.ledger import Ledger, LedgerQuery
 
@@ -36,6 +37,29 @@ EVENT_COLUMNS = [
     "detail",
 ]
 EVENT_FIELDS = [f.name for f in dataclasses.fields(CaEventRecord)]
+
+
+class SerialType(click.ParamType[str, Any]):
+    """A certificate serial in any hex spelling (``0x``, colons, either case), canonical."""
+
+    name = "serial"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return parse_serial(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SERIAL = SerialType()
+
+
+def check_time_range(filters: dict[str, Any]) -> None:
+    """``--since`` must come before ``--until``: a range that holds no instant is a mistake,
+    not an empty answer."""
+    since, until = filters.get("since"), filters.get("until")
+    if since is not None and until is not None and since >= until:
+        raise click.UsageError(f"--since {iso(since)} is not before --until {iso(until)}")
 
 
 def _ledger(state: CliState) -> Ledger:
@@ -70,7 +94,7 @@ def ledger_filters(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @audit.command()
 @ledger_filters
-@click.option("--serial", help="Serial number in hex.")
+@click.option("--serial", type=SERIAL, help="Serial number in hex.")
 @click.option("--issuer", "issuer_key_id", help="Issuing CA key id.")
 @click.option("--active", is_flag=True, help="Only certificates valid now.")
 @click.option(
@@ -86,6 +110,7 @@ def certs(
     **filters: Any,
 ) -> None:
     """Issued certificates, newest first."""
+    check_time_range(filters)
     now = datetime.now(UTC)
     query = LedgerQuery(
         **filters,
@@ -101,21 +126,20 @@ def certs(
 @pass_state
 def denied(state: CliState, /, fmt: str, **filters: Any) -> None:
     """Refused requests and why, newest first."""
+    check_time_range(filters)
     records = _ledger(state).denied(LedgerQuery(**filters))
     click.echo(render(as_dicts(records), fmt, DENIED_COLUMNS, DENIED_FIELDS), nl=False)
 
 
 @audit.command()
-@click.argument("serial")
+@click.argument("serial", type=SERIAL)
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @pass_state
 def show(state: CliState, serial: str, fmt: str) -> None:
-    """Everything the ledger knows about one certificate."""
-    record = _ledger(state).cert(serial)
-    if record is None:
-        raise click.ClickException(f"no certificate with serial {serial} in the ledger")
+    """Everything the ledger knows about one certificate (exit 4 when it holds none)."""
+    record = _ledger(state).require_cert(serial)
     (row,) = as_dicts([record])
     if fmt == "json":
         click.echo(json.dumps(row, indent=2, sort_keys=True))
@@ -136,6 +160,7 @@ def show(state: CliState, serial: str, fmt: str) -> None:
 def events(state: CliState, /, fmt: str, **filters: Any) -> None:
     """The CA's lifecycle steps (init, prepare, activate, retire, revoke, automatic intermediate
     rotation), done or refused, with who and when; newest first."""
+    check_time_range(filters)
     runtime = state.runtime()
     runtime.authorities.require_identity()
     records = runtime.authorities.events(EventQuery(**filters))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,12 +15,16 @@ import click
 from ca.cli.common import DURATION, CliState, MeshcaGroup, pass_state
 from ca.cli.output import iso, table
 from ca.cli.serve_command import serve
+from ca.core.errors import ConfigurationError
 from ca.core.identity import WorkloadIdentity, parse_spiffe_id
 from ca.core.issuer import IssuanceRequest
 from ca.core.keys import CA_KEY_TYPES
 from ca.storage import migrate
+from ca.storage.errors import database_errors
 
 ADMIN_REQUESTER = "admin-cli"
+#: An issued chain holds certificates only (no key): readable by everyone.
+CHAIN_FILE_MODE = 0o644
 
 
 @click.group(cls=MeshcaGroup)
@@ -58,12 +64,14 @@ def init(
 ) -> None:
     """Create a root and an online intermediate (or import a CA) in the database."""
     runtime = state.runtime(
+        create_database=True,
         trust_domain=trust_domain,
         key_type=key_type,
         root_ttl=root_ttl,
         intermediate_ttl=intermediate_ttl,
     )
-    migrate.upgrade(runtime.engine)
+    with database_errors("migrating the schema"):
+        migrate.upgrade(runtime.engine)
     outcome = runtime.initialise(from_dir=from_dir, exist_ok=exist_ok, actor=ADMIN_REQUESTER)
     if outcome.kek_created is not None:
         click.echo(
@@ -136,9 +144,7 @@ def status(state: CliState, fmt: str) -> None:
 )
 @click.option("--spiffe-id", required=True, help="SPIFFE ID to certify (in this trust domain).")
 @click.option("--ttl", type=DURATION, help="Certificate lifetime. [default_ttl, 24h]")
-@click.option(
-    "--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the chain here."
-)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the chain here (mode 0644).")
 @pass_state
 def sign(
     state: CliState,
@@ -149,8 +155,10 @@ def sign(
 ) -> None:
     """Offline admin issuance: same policy and ledger as the gRPC API.
 
-    Prints the chain, leaf first and root last.
+    Prints the chain, leaf first and root last (or writes it to --out, mode 0644).
     """
+    if out is not None:
+        check_writable(out)  # before signing: a recorded certificate must reach the caller
     runtime = state.runtime()
     service = runtime.issuance_service()
     request = IssuanceRequest(
@@ -165,9 +173,53 @@ def sign(
     if out is None:
         click.echo(chain, nl=False)
     else:
-        out.write_text(chain)
+        try:
+            write_atomically(out, chain.encode(), CHAIN_FILE_MODE)
+        except OSError as exc:
+            click.echo(chain, nl=False)  # issued and recorded: never lose it
+            raise ConfigurationError(
+                "output_unwritable",
+                f"issued serial {svid.record.serial} but could not write {out} "
+                f"({exc.strerror or exc}); the chain is on stdout",
+            ) from None
     click.echo(
         f"issued serial {svid.record.serial} for {svid.record.spiffe_id}, "
         f"valid until {iso(svid.record.not_after)}",
         err=True,
     )
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output file that could not be written: a directory, a missing or read-only
+    directory, a read-only file."""
+    target = path.absolute()
+    if target.is_dir():
+        raise ConfigurationError("output_unwritable", f"output {path} is a directory")
+    directory = target.parent
+    if not directory.is_dir():
+        problem = "is not a directory" if directory.exists() else "does not exist"
+        raise ConfigurationError(
+            "output_unwritable", f"cannot write {path}: directory {directory} {problem}"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            "output_unwritable", f"cannot write {path}: directory {directory} is not writable"
+        )
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ConfigurationError("output_unwritable", f"cannot write {path}: it is read-only")
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a temporary file beside ``path`` with ``mode``, then rename it over
+    ``path``: a reader sees the old file or the whole new one, never a part."""
+    fd, temp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

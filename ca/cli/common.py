@@ -31,10 +31,12 @@ class CliState:
 
         return load_settings(self.config_file, **{**self.flags, **command_flags})
 
-    def runtime(self, **command_flags: Any) -> CaRuntime:
+    def runtime(self, *, create_database: bool = False, **command_flags: Any) -> CaRuntime:
+        """The CA's parts; only ``db upgrade``, ``ca init`` and ``ca serve`` may create the
+        SQLite file (``create_database``): a command that reads never leaves an empty one."""
         from ca.runtime import CaRuntime  # noqa: PLC0415 - keeps `meshca agent` free of storage
 
-        return CaRuntime(self.settings(**command_flags))
+        return CaRuntime(self.settings(**command_flags), create_database=create_database)
 
 
 pass_state = click.make_pass_decorator(CliState)

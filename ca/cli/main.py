@@ -99,8 +99,11 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("meshca: aborted", err=True)
         sys.exit(1)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # usage errors (exit 2) are one line like the rest
+        click.echo(f"meshca: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except MeshcaError as exc:
         click.echo(f"meshca: error: {exc.message}", err=True)

@@ -22,6 +22,7 @@ from ca.logs import configure_logging
 from ca.server.process import serve as run_server
 from ca.server.rotation_loop import server_actor
 from ca.storage import migrate
+from ca.storage.errors import database_errors
 from ca.storage.replica_lock import serve_lock, setup_lock
 
 SERVER_ACTOR = "meshca-server"
@@ -114,8 +115,8 @@ def serve(state: CliState, /, **options: Any) -> None:
     lock = serve_lock(settings.db_url)
     if lock is not None:
         lock.acquire()
-    runtime = state.runtime(**flags)
-    with setup_lock(runtime.engine):
+    runtime = state.runtime(create_database=True, **flags)
+    with database_errors("preparing the database"), setup_lock(runtime.engine):
         migrate.upgrade(runtime.engine)
         runtime.initialise(from_dir=None, exist_ok=True, actor=SERVER_ACTOR)
     # What the servers send agents, for `root activate` to report (the last server started wins).

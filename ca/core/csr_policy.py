@@ -7,6 +7,7 @@ is the caller's own SPIFFE ID. Everything else is refused with a precise reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -71,12 +72,31 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise InvalidRequest(
             "csr_too_large", f"CSR is {len(data)} bytes; the limit is {MAX_CSR_BYTES} bytes"
         )
+    pem = _PEM_LABEL.search(data)
     try:
-        if data.lstrip().startswith(b"-----"):
+        if pem is not None:
             return x509.load_pem_x509_csr(data)
         return x509.load_der_x509_csr(data)
-    except ValueError as exc:
-        raise InvalidRequest("csr_malformed", f"CSR could not be parsed: {exc}") from exc
+    except ValueError:
+        raise InvalidRequest("csr_malformed", _not_a_csr(data, pem)) from None
+
+
+#: The first PEM block's label (``-----BEGIN CERTIFICATE REQUEST-----``).
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----")
+_CSR_LABELS = (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST")
+
+
+def _not_a_csr(data: bytes, pem: re.Match[bytes] | None) -> str:
+    """Why ``data`` is not a CSR, in the user's terms (the parser's ASN.1 details help no
+    one)."""
+    if not data.strip():
+        return "CSR is empty"
+    if pem is None:
+        return "CSR is not a PEM or DER certificate signing request"
+    label = pem.group(1)
+    if label not in _CSR_LABELS:
+        return f"CSR is a PEM {label.decode()}, not a CERTIFICATE REQUEST"
+    return "CSR's PEM CERTIFICATE REQUEST block does not hold a valid certificate signing request"
 
 
 def check_csr(data: bytes, caller: WorkloadIdentity) -> ValidatedCsr:

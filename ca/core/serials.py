@@ -29,3 +29,19 @@ def normalise_serial(text: str) -> str:
         return serial_hex(int(digits, 16))
     except ValueError:
         return digits
+
+
+#: RFC 5280: a serial is at most 20 octets.
+MAX_SERIAL_HEX_DIGITS = 40
+
+
+def parse_serial(text: str) -> str:
+    """The canonical form of a serial written any hex way (see :func:`normalise_serial`);
+    raise ``ValueError`` when ``text`` is not one."""
+    digits = text.strip().lower().removeprefix("0x").replace(":", "")
+    if not digits or len(digits) > MAX_SERIAL_HEX_DIGITS or digits.strip("0123456789abcdef"):
+        raise ValueError(
+            f"{text!r} is not a certificate serial: give its hex digits, as `meshca audit "
+            "certs` or `openssl x509 -serial` print them"
+        )
+    return serial_hex(int(digits, 16))

@@ -40,7 +40,7 @@ from ca.core.lifecycle import (
 )
 from ca.core.records import CaEventRecord
 from ca.storage.change_feed import notify_change
-from ca.storage.errors import database_errors
+from ca.storage.errors import database_errors, not_initialised
 from ca.storage.ledger import in_use_statement
 from ca.storage.models import Authority, CaEvent, CaState
 
@@ -115,14 +115,7 @@ class AuthorityStore:
     def identity(self) -> CaIdentity | None:
         """The CA's identity, or ``None`` when ``ca init`` has not run on this database."""
         with database_errors("reading the CA state"), self.engine.connect() as conn:
-            if not inspect(conn).has_table(CaState.__tablename__):
-                return None
-            row = conn.execute(select(CaState).where(CaState.id == _CA_STATE_ID)).first()
-        if row is None:
-            return None
-        return CaIdentity(
-            TrustDomain(row.trust_domain), row.kek_id, row.bundle_sequence, row.created_at
-        )
+            return _identity(conn)
 
     def bundle_sequence(self) -> int | None:
         """The bundle sequence alone (a cheap query servers poll), ``None`` if uninitialised."""
@@ -134,7 +127,7 @@ class AuthorityStore:
     def require_identity(self) -> CaIdentity:
         ident = self.identity()
         if ident is None:
-            raise _not_initialised()
+            raise not_initialised()
         return ident
 
     def initialise(
@@ -250,7 +243,7 @@ class AuthorityStore:
         with database_errors("reading the trust bundle"), self.engine.connect() as conn:
             ident = _identity(conn)
             if ident is None:
-                raise _not_initialised()
+                raise not_initialised()
             rows = conn.execute(
                 select(Authority.certificate_pem)
                 .where(Authority.role == AuthorityRole.ROOT.value)
@@ -659,7 +652,7 @@ def _bump_sequence(conn: Connection, now: datetime) -> int:
         .returning(CaState.bundle_sequence)
     ).scalar()
     if sequence is None:
-        raise _not_initialised()
+        raise not_initialised()
     return int(sequence)
 
 
@@ -708,17 +701,14 @@ def _load_signing(conn: Connection, authority_id: str, kek: KeyEncryptionKey) ->
 
 
 def _identity(conn: Connection) -> CaIdentity | None:
+    """The CA's identity; ``None`` before ``ca init`` (or before ``db upgrade``: no schema)."""
+    if not inspect(conn).has_table(CaState.__tablename__):
+        return None
     row = conn.execute(select(CaState).where(CaState.id == _CA_STATE_ID)).first()
     if row is None:
         return None
     return CaIdentity(
         TrustDomain(row.trust_domain), row.kek_id, row.bundle_sequence, row.created_at
-    )
-
-
-def _not_initialised() -> ConfigurationError:
-    return ConfigurationError(
-        "not_initialised", "the CA is not initialised in this database; run `meshca ca init`"
     )
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import (
     select,
 )
 
-from ca.core.errors import Unavailable
+from ca.core.errors import InvalidRequest, Unavailable
 from ca.core.lifecycle import AuthorityState
 from ca.core.records import SERVER_REQUESTER, DeniedRecord, IssuedRecord
 from ca.core.serials import normalise_serial
@@ -87,6 +87,17 @@ class Ledger:
         """The certificate with ``serial`` (hex), if recorded."""
         found = self.certs(LedgerQuery(serial=serial, limit=1))
         return found[0] if found else None
+
+    def require_cert(self, serial: str) -> IssuedRecord:
+        """The certificate with ``serial`` (hex); :class:`InvalidRequest` when none is recorded
+        (like an unknown authority id)."""
+        found = self.cert(serial)
+        if found is None:
+            raise InvalidRequest(
+                "unknown_serial",
+                f"no certificate with serial {normalise_serial(serial)} in the ledger",
+            )
+        return found
 
     def denied(self, query: LedgerQuery) -> list[DeniedRecord]:
         """Refused requests matching ``query`` (serial, issuer and validity filters do not

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from ca.core.errors import ConfigurationError
+from ca.storage.engine import check_database_file
 
 # pg_advisory_lock key: "meshca" in ASCII, so other applications' keys are unlikely to clash.
 _SETUP_LOCK_KEY = 0x6D65736863610001
@@ -55,7 +56,9 @@ class SqliteServeLock:
 
 
 def serve_lock(db_url: str) -> SqliteServeLock | None:
-    """The lock a server must hold on ``db_url``: one for an SQLite file, none otherwise."""
+    """The lock a server must hold on ``db_url``: one for an SQLite file, none otherwise.
+    The server creates the file: its directory must exist and be writable."""
+    check_database_file(db_url, create=True)
     url = make_url(db_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
