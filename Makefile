@@ -3,13 +3,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Exact versions (with hashes) of every runtime, test and build dependency: `make lock` refreshes it.
+LOCK   := requirements/lock.txt
+PIP    := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/python -m pip
+# The lock tool, pinned; it runs in its own venv.
+PIP_TOOLS := pip-tools==7.7.0
+LOCK_VENV := .venv-lock
+# Newest versions the floors in pyproject.toml allow (`make test-latest`).
+LATEST_VENV := .venv-latest
+LATEST_TESTS := tests/core tests/cli tests/server/test_create_certificate.py
 
-.PHONY: run demo test lint format bench protos clean
+.PHONY: run demo test lint format bench protos clean lock test-latest check-wheel postgres
 
-$(STAMP): pyproject.toml
+# The locked dependencies (hashes required), then meshca itself, editable, built with the locked
+# setuptools (no build isolation, so nothing unlocked is fetched).
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(PIP) install --quiet --require-hashes -r $(LOCK)
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 ## run: set up, then serve the CA on the embedded SQLite default (creating it on first start)
@@ -50,5 +61,36 @@ bench: $(STAMP)
 protos: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen-protos
 
+## lock: re-resolve requirements/lock.txt against the newest versions pyproject.toml allows
+## (runtime + test extra + build backend), with hashes. Commit it ("Lock refreshed: ...").
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(LOCK_VENV)/bin/python -m pip install --quiet '$(PIP_TOOLS)'
+	mkdir -p $(dir $(LOCK))
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --upgrade \
+		--generate-hashes --allow-unsafe --strip-extras --no-emit-find-links --extra test \
+		--build-deps-for wheel \
+		--output-file $(LOCK) pyproject.toml
+
+## test-latest: a second venv (.venv-latest) with the newest versions the floors allow (no
+## lock), the key versions next to the locked ones, then a quick subset of the suite.
+test-latest:
+	$(PYTHON) -m venv $(LATEST_VENV)
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(LATEST_VENV)/bin/python -m pip install --quiet --upgrade \
+		--upgrade-strategy eager -e '.[test]'
+	$(LATEST_VENV)/bin/python scripts/latest_versions.py $(LOCK)
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS) $(LATEST_TESTS)
+
+## check-wheel: build the wheel, install it (not editable) with the locked dependencies in a
+## fresh venv, and run `meshca` from outside the source tree: db upgrade, ca init/sign, audit.
+check-wheel:
+	PYTHON=$(PYTHON) scripts/check-wheel
+
+## postgres: make PostgreSQL answer on 127.0.0.1:5432 for the tests (installs Debian's
+## postgresql when missing, creates/starts a cluster, trusts local TCP, creates database `test`).
+postgres:
+	scripts/postgres-up
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
