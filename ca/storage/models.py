@@ -1,5 +1,5 @@
-"""SQLAlchemy models. The Alembic migrations in ``migrations/`` create exactly these tables
-(a test compares them)."""
+"""SQLAlchemy models. The Alembic migrations in ``ca/storage/migrations/`` create exactly these
+tables (a test compares them)."""
 
 from __future__ import annotations
 
