@@ -38,6 +38,15 @@ class InitOutcome:
     kek_created: Path | None
     signing_key_id: str
 
+    def kek_notice(self) -> str | None:
+        """What to tell the admin about a newly created KEK file (``None``: none was made)."""
+        if self.kek_created is None:
+            return None
+        return (
+            f"created key-encryption key {self.kek_created.resolve()} (mode 0600); "
+            "back it up: without it the CA keys cannot be decrypted"
+        )
+
 
 class CaRuntime:
     """The CA's parts for one process, built lazily from ``settings``.

@@ -73,12 +73,9 @@ def init(
     with database_errors("migrating the schema"):
         migrate.upgrade(runtime.engine)
     outcome = runtime.initialise(from_dir=from_dir, exist_ok=exist_ok, actor=ADMIN_REQUESTER)
-    if outcome.kek_created is not None:
-        click.echo(
-            f"created key-encryption key {outcome.kek_created.resolve()} (mode 0600); "
-            "back it up: without it the CA keys cannot be decrypted",
-            err=True,
-        )
+    notice = outcome.kek_notice()
+    if notice is not None:
+        click.echo(notice, err=True)
     verb = "initialised" if outcome.created else "already initialised"
     click.echo(
         f"CA {verb}: trust domain {outcome.identity.trust_domain.name}, "

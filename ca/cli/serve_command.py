@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.engine import make_url
 
 from ca.auth.factory import verifier_factory
 from ca.cli.common import (
@@ -19,6 +21,7 @@ from ca.cli.common import (
 from ca.core.keys import CA_KEY_TYPES
 from ca.issuance import utc_now
 from ca.logs import configure_logging
+from ca.runtime import InitOutcome
 from ca.server.process import serve as run_server
 from ca.server.rotation_loop import server_actor
 from ca.storage import migrate
@@ -26,6 +29,8 @@ from ca.storage.errors import database_errors
 from ca.storage.replica_lock import serve_lock, setup_lock
 
 SERVER_ACTOR = "meshca-server"
+
+log = logging.getLogger(__name__)
 
 
 @click.command(cls=MeshcaCommand)
@@ -115,20 +120,39 @@ def serve(state: CliState, /, **options: Any) -> None:
     lock = serve_lock(settings.db_url)
     if lock is not None:
         lock.acquire()
-    runtime = state.runtime(create_database=True, **flags)
-    with database_errors("preparing the database"), setup_lock(runtime.engine):
-        migrate.upgrade(runtime.engine)
-        runtime.initialise(from_dir=None, exist_ok=True, actor=SERVER_ACTOR)
-    # What the servers send agents, for `root activate` to report (the last server started wins).
-    runtime.server_settings.record_reissue_window(
-        settings.reissue_window, by=server_actor(), now=utc_now()
-    )
-    runtime.engine.dispose()
+
+    def prepare() -> None:
+        """Once this server holds its ports: the schema, the CA on first start, the window."""
+        runtime = state.runtime(create_database=True, **flags)
+        with database_errors("preparing the database"), setup_lock(runtime.engine):
+            migrate.upgrade(runtime.engine)
+            outcome = runtime.initialise(from_dir=None, exist_ok=True, actor=SERVER_ACTOR)
+        # What the servers send agents, for `root activate` to report (the last started wins).
+        runtime.server_settings.record_reissue_window(
+            settings.reissue_window, by=server_actor(), now=utc_now()
+        )
+        runtime.engine.dispose()
+        _report_first_start(outcome, settings.db_url)
+
     try:
-        run_server(settings, verifier_factory)
+        run_server(settings, verifier_factory, prepare=prepare)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _report_first_start(outcome: InitOutcome, db_url: str) -> None:
+    """Say what a first start created: the CA in the database, and a KEK file to back up."""
+    if outcome.created:
+        log.info(
+            "created the CA for trust domain %s in %s, signing key %s",
+            outcome.identity.trust_domain.name,
+            make_url(db_url).render_as_string(hide_password=True),
+            outcome.signing_key_id,
+        )
+    notice = outcome.kek_notice()
+    if notice is not None:
+        log.warning(notice)
 
 
 def _settings_flags(options: dict[str, Any]) -> dict[str, Any]:

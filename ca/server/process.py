@@ -41,18 +41,27 @@ _GRACE_SECONDS = 5.0
 _RESTART_BACKOFF_SECONDS = 1.0
 
 
-def serve(settings: Settings, verifiers: Callable[[Settings], VerifierFactory]) -> None:
+def serve(
+    settings: Settings,
+    verifiers: Callable[[Settings], VerifierFactory],
+    *,
+    prepare: Callable[[], None] = lambda: None,
+) -> None:
     """Serve until SIGTERM or SIGINT; with several workers, supervise them. Either way the
-    addresses are claimed first: only this server's own workers may share its ports."""
+    addresses are claimed first (only this server's own workers may share its ports), and only
+    then is ``prepare`` run (migrations, the CA on first start): a server refused its ports
+    changes nothing."""
     workers = settings.workers or os.cpu_count() or 1
     if workers == 1:
         with AddressClaim(_claimed_addresses(settings)):
+            prepare()
             asyncio.run(
                 _serve_one(settings, verifiers(settings), ops=True, share_ports=False, ready=None)
             )
     else:
         settings = _fixed_ports(settings)
         with AddressClaim(_claimed_addresses(settings)):
+            prepare()
             asyncio.run(_preflight(settings, verifiers(settings)))
             Supervisor(settings, workers, verifiers).run()
 

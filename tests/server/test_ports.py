@@ -123,6 +123,9 @@ def test_a_second_server_on_the_port_exits_3_naming_the_first(
                 result, 3, f"--listen {_loopback(port)}", f"pid {first.process.pid} ("
             )
             assert "another meshca ca serve" in reason
+        for workers in (1, 2):  # refused before it touched anything: no database, no KEK
+            left = {p.name for p in (tmp_path / f"second-{workers}").iterdir()}
+            assert not left & {"meshca.db", "meshca.kek"}, left
 
         _assert_still_serving(first, port, first_workers)
         assert first.terminate() == 0, first.describe()

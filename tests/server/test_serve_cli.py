@@ -218,3 +218,28 @@ def test_missing_jwt_keys_exit_3_naming_the_flags(tmp_path: Path, workers: str) 
     assert "--jwks" in errors[0]
     assert "--jwt-public-key" in errors[0]
     assert "Traceback" not in server.stderr
+
+
+def test_first_start_says_what_it_created_and_a_restart_says_nothing(
+    tmp_path: Path, dev_keys: Path
+) -> None:
+    """`make run` on a fresh checkout: the admin learns the CA was created, where, and that the
+    new KEK file must be backed up; a restart on the same files creates nothing."""
+    flags = (
+        "--workers", "1", "--mtls-listen", "off",
+        "--jwt-issuer", "meshca-dev", "--jwt-public-key", str(dev_keys / "sa-signer.pub.pem"),
+    )  # fmt: skip
+    logs = []
+    for _ in range(2):
+        with serving(tmp_path, *flags) as server:
+            server.wait_ready()
+            assert server.terminate() == 0, server.describe()
+        logs.append(server.stderr)
+
+    first, second = logs
+    database = f"sqlite:///{tmp_path / 'meshca.db'}"
+    assert f"created the CA for trust domain cluster.local in {database}, signing key" in first
+    (kek_line,) = [line for line in first.splitlines() if "created key-encryption key" in line]
+    assert " WARNING " in kek_line
+    assert f"{(tmp_path / 'meshca.kek').resolve()} (mode 0600); back it up" in kek_line
+    assert "created" not in second, second
