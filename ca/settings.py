@@ -3,7 +3,6 @@ environment variables, an optional TOML config file, and defaults."""
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -33,6 +32,7 @@ from ca.core.identity import parse_trust_domain
 from ca.core.issuer import DEFAULT_BACKDATE
 from ca.core.keys import KeyType
 from ca.core.lifecycle import IntermediatePolicy
+from ca.core.text import mask_url_passwords
 
 #: The embedded default database: a SQLite file in the working directory.
 DEFAULT_DB_URL = "sqlite:///./meshca.db"
@@ -90,7 +90,7 @@ def database_url(value: str) -> str:
         url = make_url(value)
     except ArgumentError:
         raise ValueError(
-            f"{_redacted(value)!r} is not a database URL; use sqlite:///PATH or "
+            f"{mask_url_passwords(value)!r} is not a database URL; use sqlite:///PATH or "
             "postgresql+psycopg://USER@HOST:PORT/DATABASE"
         ) from None
     backend = url.drivername.partition("+")[0]
@@ -100,11 +100,6 @@ def database_url(value: str) -> str:
             "meshca runs on sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
         )
     return value
-
-
-def _redacted(text: str) -> str:
-    """``text`` with anything that could be credentials (``user:password@``) masked."""
-    return re.sub(r"(?<=://)[^/@]*@", "***@", text)
 
 
 ListenAddress = Annotated[str, AfterValidator(listen_address)]

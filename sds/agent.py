@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from ca.core.addresses import split_host_port
 from ca.core.errors import ConfigurationError
 from ca.core.identity import parse_trust_domain
 from ca.server.ops_http import OpsServer
@@ -182,9 +183,9 @@ class Agent:
         listen = self.settings.metrics_listen
         if listen == OFF:
             return
-        host, _, port = listen.rpartition(":")
         try:
-            self._ops = OpsServer(host, int(port), self.metrics.registry, self.readiness)
+            host, port = split_host_port(listen, what="--metrics-listen", listen=True)
+            self._ops = OpsServer(host, port, self.metrics.registry, self.readiness)
         except (OSError, ValueError) as exc:
             raise ConfigurationError(
                 "metrics_listen_failed", f"cannot listen on {listen}: {exc}"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,17 +13,16 @@ import click
 
 from ca.cli.common import DURATION, CliState, MeshcaGroup, pass_state
 from ca.cli.output import iso, table
+from ca.cli.output_files import CERT_MODE, reserved, write
 from ca.cli.serve_command import serve
 from ca.core.errors import ConfigurationError
 from ca.core.identity import WorkloadIdentity, parse_spiffe_id
-from ca.core.issuer import IssuanceRequest
+from ca.core.issuer import IssuanceRequest, IssuedSvid
 from ca.core.keys import CA_KEY_TYPES
 from ca.storage import migrate
 from ca.storage.errors import database_errors
 
 ADMIN_REQUESTER = "admin-cli"
-#: An issued chain holds certificates only (no key): readable by everyone.
-CHAIN_FILE_MODE = 0o644
 
 
 @click.group(cls=MeshcaGroup)
@@ -154,31 +152,23 @@ def sign(
 
     Prints the chain, leaf first and root last (or writes it to --out, mode 0644).
     """
-    if out is not None:
-        check_writable(out)  # before signing: a recorded certificate must reach the caller
-    runtime = state.runtime()
-    service = runtime.issuance_service()
-    request = IssuanceRequest(
-        csr=csr_file.read(),
-        caller=WorkloadIdentity.from_spiffe_id(parse_spiffe_id(spiffe_id)),
-        requested_ttl=ttl,
-        requester=ADMIN_REQUESTER,
-        request_id=uuid.uuid4().hex,
-    )
-    svid = service.issue(request)
-    chain = "".join(svid.chain_pem())
-    if out is None:
-        click.echo(chain, nl=False)
-    else:
-        try:
-            write_atomically(out, chain.encode(), CHAIN_FILE_MODE)
-        except OSError as exc:
-            click.echo(chain, nl=False)  # issued and recorded: never lose it
-            raise ConfigurationError(
-                "output_unwritable",
-                f"issued serial {svid.record.serial} but could not write {out} "
-                f"({exc.strerror or exc}); the chain is on stdout",
-            ) from None
+    with contextlib.ExitStack() as stack:
+        # Reserved before signing: a recorded certificate must reach the caller.
+        target = None if out is None else stack.enter_context(reserved(out, CERT_MODE, "--out"))
+        svid = sign_request(state, csr_file.read(), spiffe_id, ttl)
+        chain = "".join(svid.chain_pem())
+        if target is None:
+            click.echo(chain, nl=False)
+        else:
+            try:
+                write(target, chain.encode())
+            except OSError as exc:
+                click.echo(chain, nl=False)  # issued and recorded: never lose it
+                raise ConfigurationError(
+                    "output_unwritable",
+                    f"issued serial {svid.record.serial} but could not write {out} "
+                    f"({exc.strerror or exc}); the chain is on stdout",
+                ) from None
     click.echo(
         f"issued serial {svid.record.serial} for {svid.record.spiffe_id}, "
         f"valid until {iso(svid.record.not_after)}",
@@ -186,37 +176,13 @@ def sign(
     )
 
 
-def check_writable(path: Path) -> None:
-    """Refuse an output file that could not be written: a directory, a missing or read-only
-    directory, a read-only file."""
-    target = path.absolute()
-    if target.is_dir():
-        raise ConfigurationError("output_unwritable", f"output {path} is a directory")
-    directory = target.parent
-    if not directory.is_dir():
-        problem = "is not a directory" if directory.exists() else "does not exist"
-        raise ConfigurationError(
-            "output_unwritable", f"cannot write {path}: directory {directory} {problem}"
-        )
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigurationError(
-            "output_unwritable", f"cannot write {path}: directory {directory} is not writable"
-        )
-    if target.exists() and not os.access(target, os.W_OK):
-        raise ConfigurationError("output_unwritable", f"cannot write {path}: it is read-only")
-
-
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a temporary file beside ``path`` with ``mode``, then rename it over
-    ``path``: a reader sees the old file or the whole new one, never a part."""
-    fd, temp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def sign_request(state: CliState, csr: bytes, spiffe_id: str, ttl: timedelta | None) -> IssuedSvid:
+    """Issue (and record) an SVID for ``spiffe_id`` from ``csr`` as the admin."""
+    request = IssuanceRequest(
+        csr=csr,
+        caller=WorkloadIdentity.from_spiffe_id(parse_spiffe_id(spiffe_id)),
+        requested_ttl=ttl,
+        requester=ADMIN_REQUESTER,
+        request_id=uuid.uuid4().hex,
+    )
+    return state.runtime().issuance_service().issue(request)

@@ -13,10 +13,7 @@ mode 0600 from the moment it exists.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,15 +26,11 @@ from spiffe.errors import PySpiffeError
 
 from ca.cli.common import DURATION
 from ca.cli.output import iso
-from ca.core.errors import (
-    ConfigurationError,
-    MeshcaError,
-    PermissionDenied,
-    RateLimited,
-    Unauthenticated,
-    Unavailable,
-)
+from ca.cli.output_files import CERT_MODE, KEY_MODE, reserved, write
+from ca.core.addresses import split_host_port
+from ca.core.errors import ConfigurationError, MeshcaError
 from ca.core.keys import KeyType
+from ca.core.text import printable
 from sds.agent import load_ca_roots
 from sds.ca_client import CaClient, ClientIdentity
 from sds.core.credentials import Svid, WorkloadKey, parse_pem_chain, svid_from_reply
@@ -50,8 +43,6 @@ from sds.core.workload_csr import (
 from sds.token_file import read_token
 
 _FILE = click.Path(path_type=Path, dir_okay=False)
-KEY_MODE = 0o600
-CERT_MODE = 0o644
 
 
 class TrustDomainType(click.ParamType[TrustDomain, Any]):
@@ -181,74 +172,14 @@ def _own_root(chain: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]
 
 def check_address(address: str) -> str:
     """``address`` when it is ``HOST:PORT`` (an IPv6 host in brackets)."""
-    host, _, port = address.rpartition(":")
-    bare = host.removeprefix("[").removesuffix("]")
-    valid_host = bool(bare) and not any(c.isspace() or c in "/[]@" for c in bare)
-    if ":" in bare and host != f"[{bare}]":
-        valid_host = False
-    if not valid_host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError("bad_ca_address", f"--ca {printable(address)} is not HOST:PORT")
+    try:
+        split_host_port(address, what="--ca")
+    except ValueError as exc:
+        raise ConfigurationError("bad_ca_address", printable(str(exc))) from None
     return address
-
-
-def printable(text: str) -> str:
-    """``text`` with every non-printable character (newlines, terminal escapes, bidi controls)
-    escaped, so untrusted text prints as one inert line."""
-    return "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
-    )
 
 
 def for_cli(error: MeshcaError) -> MeshcaError:
     """``error`` (from the CA call or the check of its reply: text the CA chose) with its message
-    escaped, as the type the CLI maps to the exit code documented for ``cert request``: a
-    refused token is a refused request (4), a rate limit a busy CA (5)."""
-    message = printable(error.message)
-    if isinstance(error, Unauthenticated):
-        return PermissionDenied(error.reason, message)
-    if isinstance(error, RateLimited):
-        return Unavailable(error.reason, message)
-    return type(error)(error.reason, message)
-
-
-class Reserved:
-    """A temporary file beside ``path``, open for writing with ``mode``."""
-
-    def __init__(self, path: Path, fd: int, temp: Path) -> None:
-        self.path = path
-        self.fd = fd
-        self.temp = temp
-
-
-@contextlib.contextmanager
-def reserved(path: Path, mode: int, flag: str) -> Iterator[Reserved]:
-    """Reserve ``path`` before the CA is called: a temporary file in its directory (created
-    0600 by :func:`tempfile.mkstemp`, then set to exactly ``mode``), renamed over ``path`` by
-    :func:`write`, removed if the block fails."""
-    if path.is_dir():
-        raise ConfigurationError("bad_output", f"{flag} {path} is a directory")
-    directory = path.parent
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigurationError(
-            "bad_output", f"{flag} {path}: cannot write in {directory}: {reason}"
-        ) from None
-    temp = Path(name)
-    try:
-        os.fchmod(fd, mode)
-        yield Reserved(path, fd, temp)
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        temp.unlink(missing_ok=True)
-
-
-def write(file: Reserved, data: bytes) -> None:
-    """Write ``data`` to the reserved file, flush it to disk and rename it over its path."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(file.fd, view) :]
-    os.fsync(file.fd)
-    os.replace(file.temp, file.path)
+    escaped."""
+    return type(error)(error.reason, printable(error.message))

@@ -22,6 +22,8 @@ from ca.core.errors import (
     InvalidRequest,
     MeshcaError,
     PermissionDenied,
+    RateLimited,
+    Unauthenticated,
     Unavailable,
 )
 from ca.logs import capture_warnings, release_warnings
@@ -31,6 +33,8 @@ EXIT_CODES: dict[type[MeshcaError], int] = {
     InvalidRequest: 4,
     FailedPrecondition: 4,
     PermissionDenied: 4,
+    Unauthenticated: 4,
+    RateLimited: 5,
     Unavailable: 5,
     InternalError: 70,
 }

@@ -4,24 +4,24 @@ whose ``/proc/<pid>/fd`` links to it).
 
 Best effort: ``None`` when it cannot be told (not Linux, another user's process, a race).
 Command lines come from other processes, so they are returned printable (control characters
-escaped) and with URL passwords masked. Imports nothing from meshca.
+escaped) and with URL passwords masked.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shlex
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ca.core.text import mask_url_passwords, printable
+
 _PROC = Path("/proc")
 _TCP_LISTEN = "0A"
 _MAX_COMMAND = 400
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]*@")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -68,14 +68,6 @@ def unix_socket_holder(abstract_name: str) -> Holder | None:
     return _holder(inodes)
 
 
-def printable(text: str) -> str:
-    """``text`` with every non-printable character (newlines, terminal escapes, bidi controls)
-    escaped, so it prints as one inert line."""
-    return "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
-    )
-
-
 def command_line(pid: int) -> str | None:
     """``pid``'s command line, shell-quoted, printable, URL passwords masked, cut short."""
     try:
@@ -85,7 +77,7 @@ def command_line(pid: int) -> str | None:
     if not raw:
         return None
     args = [arg.decode("utf-8", "backslashreplace") for arg in raw.rstrip(b"\0").split(b"\0")]
-    text = printable(_URL_PASSWORD.sub(r"\1:***@", shlex.join(args)))
+    text = printable(mask_url_passwords(shlex.join(args)))
     return text if len(text) <= _MAX_COMMAND else text[: _MAX_COMMAND - 3] + "..."
 
 

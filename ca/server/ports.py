@@ -25,8 +25,10 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from ca.core.addresses import split_host_port
 from ca.core.errors import ConfigurationError
-from ca.server.port_owner import printable, tcp_listener, unix_socket_holder
+from ca.core.text import printable
+from ca.server.port_owner import tcp_listener, unix_socket_holder
 
 _LOCK_PREFIX = "meshca/serve/"
 
@@ -34,13 +36,11 @@ SocketAddress = tuple[Any, ...]
 
 
 def split_address(address: str, flag: str = "address") -> tuple[str, int]:
-    """``host:port`` (IPv6 hosts in brackets) as a pair."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigurationError(
-            "bad_address", f"{flag} {printable(address)} is not HOST:PORT (port 0-65535)"
-        )
-    return host.strip("[]"), int(port)
+    """``host:port`` (IPv6 hosts in brackets) as a pair; port 0 means any free port."""
+    try:
+        return split_host_port(address, what=flag, listen=True)
+    except ValueError as exc:
+        raise ConfigurationError("bad_address", printable(str(exc))) from None
 
 
 def join_address(host: str, port: int) -> str:

@@ -68,9 +68,15 @@ def test_a_file_that_is_no_csr_is_refused_in_plain_words(
 @pytest.mark.parametrize(
     ("out", "problem"),
     [
-        ("missing/dir/chain.pem", "cannot write {out}: directory {dir}/missing/dir does not exist"),
-        ("notes.txt/chain.pem", "cannot write {out}: directory {dir}/notes.txt is not a directory"),
-        (".", "output . is a directory"),
+        (
+            "missing/dir/chain.pem",
+            "cannot write --out {out}: directory {dir}/missing/dir does not exist",
+        ),
+        (
+            "notes.txt/chain.pem",
+            "cannot write --out {out}: directory {dir}/notes.txt is not a directory",
+        ),
+        (".", "--out . is a directory"),
     ],
     ids=["missing-directory", "a-file-as-directory", "a-directory"],
 )
