@@ -25,9 +25,20 @@ $(STAMP): $(LOCK) pyproject.toml
 
 ## run: set up, then serve the CA on the embedded SQLite default (creating it on first start)
 ## on 127.0.0.1:15012 (TLS), trusting tokens signed by a local dev key in .meshca-dev/.
+RUN_HOST ?= 127.0.0.1
+RUN_PORT ?= 15012
+RUN_MTLS_PORT ?= 15013
+RUN_METRICS_PORT ?= 15014
 run: $(STAMP)
-	$(BIN)/meshca dev signing-key --dir .meshca-dev
-	$(BIN)/meshca ca serve --listen 127.0.0.1:15012 --mtls-listen 127.0.0.1:15013 \
+	$(BIN)/meshca dev signing-key --dir .meshca-dev >/dev/null
+	@echo "make run: serving the CA from ./meshca.db on $(RUN_HOST):$(RUN_PORT) (TLS) until Ctrl-C."
+	@echo "make run: get a certificate from another shell:"
+	@echo "  $(BIN)/meshca root bundle > root.pem"
+	@echo "  $(BIN)/meshca dev token --namespace default --service-account web > token"
+	@echo "  $(BIN)/meshca cert request --ca $(RUN_HOST):$(RUN_PORT) --ca-root root.pem \\"
+	@echo "      --token-file token --out-cert web.pem --out-key web.key"
+	$(BIN)/meshca ca serve --listen $(RUN_HOST):$(RUN_PORT) \
+		--mtls-listen $(RUN_HOST):$(RUN_MTLS_PORT) --metrics-listen $(RUN_HOST):$(RUN_METRICS_PORT) \
 		--jwt-issuer meshca-dev --jwt-public-key .meshca-dev/sa-signer.pub.pem
 
 ## demo: set up, then run a throwaway mesh (CA, two SDS agents, two Envoys doing SPIFFE mTLS)

@@ -36,7 +36,8 @@ def dev() -> None:
     show_default=True,
 )
 def signing_key(directory: Path) -> None:
-    """Create a P-256 token signing key (if missing); print the public key's path."""
+    """Create a P-256 token signing key (if missing, saying so on stderr); print the public
+    key's path."""
     directory.mkdir(parents=True, exist_ok=True)
     key_path, public_path = directory / KEY_NAME, directory / PUBLIC_NAME
     if not key_path.exists():
@@ -53,6 +54,11 @@ def signing_key(directory: Path) -> None:
             key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
+        )
+        click.echo(
+            f"created a development token signer {key_path} (mode 0600, for `meshca dev token`) "
+            f"and its public key {public_path}; never use them in production",
+            err=True,
         )
     click.echo(public_path)
 
