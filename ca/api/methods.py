@@ -3,6 +3,9 @@ server's handlers and by clients (the SDS agent, tests, the load generator)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 
 from ca.api import istio_ca_pb2, trust_bundle_pb2
@@ -59,4 +62,21 @@ def watch_bundle_aio(
         WATCH_BUNDLE,
         request_serializer=WatchBundleRequest.SerializeToString,
         response_deserializer=TrustBundleMessage.FromString,
+    )
+
+
+def certificate_service_handler(
+    create: Callable[[CertificateRequest, Any], Any],
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The ``CreateCertificate`` service answered by ``create(request, context)`` (a function
+    or a coroutine function, for ``grpc.server`` or ``grpc.aio.server``)."""
+    return grpc.method_handlers_generic_handler(
+        CERTIFICATE_SERVICE,
+        {
+            "CreateCertificate": grpc.unary_unary_rpc_method_handler(
+                create,
+                request_deserializer=CertificateRequest.FromString,
+                response_serializer=CertificateResponse.SerializeToString,
+            )
+        },
     )

@@ -15,10 +15,9 @@ from grpc_health.v1._async import HealthServicer
 from ca.api.methods import (
     BUNDLE_SERVICE,
     CERTIFICATE_SERVICE,
-    CertificateRequest,
-    CertificateResponse,
     TrustBundleMessage,
     WatchBundleRequest,
+    certificate_service_handler,
 )
 from ca.auth.verified import VerifierFactory
 from ca.core.deny_list import DenyList
@@ -115,8 +114,10 @@ class CaServer:
         )
         server.add_generic_rpc_handlers(
             (
-                _certificate_handler(
-                    CertificateService(authenticator, admission, queue, self._clock)
+                certificate_service_handler(
+                    CertificateService(
+                        authenticator, admission, queue, self._clock
+                    ).create_certificate
                 ),
                 _bundle_handler(BundleService(authenticator, watch, settings.reissue_window)),
             )
@@ -230,19 +231,6 @@ def _add_port(flag: str, address: str, add: Callable[[str], int]) -> int:
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s stopped", task.get_name(), exc_info=task.exception())
-
-
-def _certificate_handler(service: CertificateService) -> grpc.GenericRpcHandler[Any, Any]:
-    return grpc.method_handlers_generic_handler(
-        CERTIFICATE_SERVICE,
-        {
-            "CreateCertificate": grpc.unary_unary_rpc_method_handler(
-                service.create_certificate,
-                request_deserializer=CertificateRequest.FromString,
-                response_serializer=CertificateResponse.SerializeToString,
-            )
-        },
-    )
 
 
 def _bundle_handler(service: BundleService) -> grpc.GenericRpcHandler[Any, Any]:

@@ -31,18 +31,7 @@ async def live_ca() -> AsyncIterator[str]:
         return methods.CertificateResponse(cert_chain=CHAIN)
 
     server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(
-        create,
-        request_deserializer=methods.CertificateRequest.FromString,
-        response_serializer=methods.CertificateResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                methods.CERTIFICATE_SERVICE, {"CreateCertificate": handler}
-            ),
-        )
-    )
+    server.add_generic_rpc_handlers((methods.certificate_service_handler(create),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

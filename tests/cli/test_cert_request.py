@@ -282,18 +282,7 @@ def test_the_cas_error_text_is_printed_escaped(offline: Path) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, hostile)
 
     server = grpc.server(ThreadPoolExecutor(max_workers=1))
-    handler = grpc.unary_unary_rpc_method_handler(
-        refuse,
-        request_deserializer=methods.CertificateRequest.FromString,
-        response_serializer=methods.CertificateResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                methods.CERTIFICATE_SERVICE, {"CreateCertificate": handler}
-            )
-        ]
-    )
+    server.add_generic_rpc_handlers((methods.certificate_service_handler(refuse),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
