@@ -183,3 +183,14 @@ def test_root_bundle_on_an_uninitialised_database_says_what_ca_status_says(
     assert_error(bundle, 3, *NOT_INITIALISED)
     assert bundle.stderr == status.stderr
     assert bundle.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command", [("db", "upgrade", "--revision", "nosuch"), ("db", "downgrade", "nosuch")]
+)
+def test_a_revision_that_names_nothing_is_refused(meshca: Meshca, command: tuple[str, ...]) -> None:
+    meshca("db", "upgrade")
+    before = meshca("db", "current").stdout
+
+    assert_error(meshca(*command, check=False), 4, "Can't locate revision identified by 'nosuch'")
+    assert meshca("db", "current").stdout == before
