@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -521,8 +521,10 @@ def test_revoke_forces_every_agent_to_reissue_at_once(
     refused = admin("root", "revoke", new.intermediate_id, check=False)
     assert_error(refused, 4, f"cannot revoke {new.intermediate_id}", "signs certificates now")
 
+    due = [_next_renewal(w) for w in cluster.workloads]
     started = time.monotonic()
     changes = admin.step("revoke", old.root_id).changes
+    revoked_at = datetime.now(UTC) + timedelta(seconds=10)
     assert {(c.id, c.before, c.after) for c in changes} == {
         (old.root_id, "active", "revoked"),
         (old.intermediate_id, "active", "revoked"),
@@ -540,7 +542,12 @@ def test_revoke_forces_every_agent_to_reissue_at_once(
     for pair in cluster.pairs:
         ok_request(pair.a, "envoy-b")
         ok_request(pair.b, "envoy-a")
-    for workload_ in cluster.workloads:
+    # At activate each agent drew a point of the hour's window to re-issue at; one whose point
+    # came before the revoke (and the few seconds the change takes to reach it) moves by itself.
+    # Every other agent must have been forced by the revoke.
+    not_due = [w for w, at in zip(cluster.workloads, due, strict=True) if at > revoked_at]
+    assert not_due, f"every agent's drawn point was before the revoke: {due}"
+    for workload_ in not_due:
         assert workload_.metric(REISSUES, reason="revoked_or_untrusted") >= 1
 
     status, events = admin.status_and_events()
@@ -554,3 +561,12 @@ def test_revoke_forces_every_agent_to_reissue_at_once(
     (refusal,) = events_by(events, "revoke", "refused")
     assert refusal["authority_id"] == new.intermediate_id
     assert refusal["actor"] == ADMIN
+
+
+def _next_renewal(workload_: Workload) -> datetime:
+    """When the agent of ``workload_`` will re-issue unless the bundle forces it sooner."""
+    manager = workload_.agent.agent.manager
+    assert manager is not None
+    due = manager.next_renewal
+    assert due is not None, "the agent holds no SVID"
+    return due
