@@ -100,15 +100,7 @@ class CaServer:
             trust_domain,
             self._clock,
         )
-        admission = Admission(
-            DenyList(settings.deny_identities),
-            RateLimiter(
-                per_caller_rate=settings.rate_limit_per_caller,
-                per_caller_burst=settings.rate_limit_per_caller_burst,
-                global_rate=settings.rate_limit_global,
-                global_burst=settings.rate_limit_global_burst,
-            ),
-        )
+        admission = _admission(settings)
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", int(self._share_ports)), *_SERVER_OPTIONS]
         )
@@ -231,6 +223,19 @@ def _add_port(flag: str, address: str, add: Callable[[str], int]) -> int:
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s stopped", task.get_name(), exc_info=task.exception())
+
+
+def _admission(settings: Settings) -> Admission:
+    """The deny list and the token buckets, from ``settings``."""
+    return Admission(
+        DenyList(settings.deny_identities),
+        RateLimiter(
+            per_caller_rate=settings.rate_limit_per_caller,
+            per_caller_burst=settings.rate_limit_per_caller_burst,
+            global_rate=settings.rate_limit_global,
+            global_burst=settings.rate_limit_global_burst,
+        ),
+    )
 
 
 def _bundle_handler(service: BundleService) -> grpc.GenericRpcHandler[Any, Any]:

@@ -542,13 +542,7 @@ def test_revoke_forces_every_agent_to_reissue_at_once(
     for pair in cluster.pairs:
         ok_request(pair.a, "envoy-b")
         ok_request(pair.b, "envoy-a")
-    # At activate each agent drew a point of the hour's window to re-issue at; one whose point
-    # came before the revoke (and the few seconds the change takes to reach it) moves by itself.
-    # Every other agent must have been forced by the revoke.
-    not_due = [w for w, at in zip(cluster.workloads, due, strict=True) if at > revoked_at]
-    assert not_due, f"every agent's drawn point was before the revoke: {due}"
-    for workload_ in not_due:
-        assert workload_.metric(REISSUES, reason="revoked_or_untrusted") >= 1
+    _assert_forced(cluster.workloads, due, revoked_at)
 
     status, events = admin.status_and_events()
     assert status["revoked_key_ids"] == sorted([old.root_id, old.intermediate_id])
@@ -570,3 +564,13 @@ def _next_renewal(workload_: Workload) -> datetime:
     due = manager.next_renewal
     assert due is not None, "the agent holds no SVID"
     return due
+
+
+def _assert_forced(workloads: list[Workload], due: list[datetime], revoked_at: datetime) -> None:
+    """At activate each agent drew a point of the hour's window to re-issue at (``due``); one
+    whose point came before the revoke (and the seconds the change takes to reach it) moves by
+    itself. Every other agent must have been forced by the revoke."""
+    not_due = [w for w, at in zip(workloads, due, strict=True) if at > revoked_at]
+    assert not_due, f"every agent's drawn point was before the revoke: {due}"
+    for workload_ in not_due:
+        assert workload_.metric(REISSUES, reason="revoked_or_untrusted") >= 1
