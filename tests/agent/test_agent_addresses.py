@@ -11,6 +11,7 @@ import pytest
 from ca.core.errors import ConfigurationError
 from ca.settings import load_into
 from sds.settings import AgentSettings
+from tests.agent.test_agent_cli import offline_args
 from tests.cli.helpers import Meshca, assert_error
 
 
@@ -20,18 +21,6 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "root.pem").write_text("not read\n")
     (tmp_path / "token").write_text("header.payload.signature\n")
     return {"root": tmp_path / "root.pem", "token": tmp_path / "token", "sds": tmp_path / "s.sock"}
-
-
-def agent_args(files: dict[str, Path], **flags: str) -> list[str | Path]:
-    values: dict[str, str | Path] = {
-        "--ca-address": "127.0.0.1:15012",
-        "--ca-root": files["root"],
-        "--token-file": files["token"],
-        "--sds-socket": files["sds"],
-        "--metrics-listen": "off",
-    }
-    values.update({f"--{k.replace('_', '-')}": v for k, v in flags.items()})
-    return ["agent", *(item for pair in values.items() for item in pair)]
 
 
 @pytest.mark.parametrize(
@@ -48,14 +37,14 @@ def agent_args(files: dict[str, Path], **flags: str) -> list[str | Path]:
 def test_an_address_without_a_usable_port_is_a_configuration_error(
     tmp_path: Path, files: dict[str, Path], flags: dict[str, str], problem: str
 ) -> None:
-    result = Meshca(tmp_path)(*agent_args(files, **flags), check=False)
+    result = Meshca(tmp_path)(*offline_args(files, **flags), check=False)
 
     assert_error(result, 3, f"invalid settings: {problem}")
     assert not files["sds"].exists()
 
 
 def test_the_environment_is_checked_like_the_flags(tmp_path: Path, files: dict[str, Path]) -> None:
-    args = agent_args(files)
+    args = offline_args(files)
     del args[1:3]  # --ca-address comes from MESHCA_CA_ADDRESS
     env = {"MESHCA_CA_ADDRESS": "meshca-a:15012,meshca-b"}
     result = Meshca(tmp_path)(*args, env=env, check=False)
